@@ -1,0 +1,58 @@
+"""Writing stage outputs safely: metrics JSON and whole output folders appear atomically.
+
+A stage killed half-way leaves either the previous complete output or nothing, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+METRICS_DIR = Path("metrics")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as pretty JSON to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_metrics(stage: str, data: dict[str, Any], metrics_dir: str | Path = METRICS_DIR) -> Path:
+    """Every stage writes a small ``metrics/<stage>.json``."""
+    return write_json_atomic(Path(metrics_dir) / f"{stage}.json", data)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary sibling folder; on success it replaces ``final`` in one rename.
+
+    On an exception (or a kill) ``final`` is untouched and the temporary folder is removed
+    (or, after a kill, removed by the next run).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

