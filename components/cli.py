@@ -6,6 +6,7 @@ Stage modules are imported inside the commands so `askd --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -75,7 +76,9 @@ def _run_stage(stage: str, fn, *args) -> None:
     try:
         metrics = fn(*args)
     except (SettingsError, FileNotFoundError, ValueError, PermissionError, OSError) as err:
-        fail(f"{stage}: {err}")
+        if os.environ.get("ASKD_DEBUG"):
+            raise
+        fail(f"{stage}: {err} (set ASKD_DEBUG=1 for a traceback)")
     else:
         _print_metrics(stage, metrics)
 
@@ -141,8 +144,20 @@ def stage_prepare() -> None:
     _run_stage("prepare", prepare, cfg.prepare)
 
 
+@stage_app.command("label")
+def stage_label() -> None:
+    """DVC stage `label`: the teacher pseudo-labels the prepared train/validation audio (resumable)."""
+    cfg = settings()
+    from components.label import pseudo_label
+
+    _run_stage("label", pseudo_label, cfg.label, cfg.teacher.out_dir, cfg.prepare.out_dir)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Never reaches for a model/data hub: everything is local."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive

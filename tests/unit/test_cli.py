@@ -1,0 +1,58 @@
+"""The `askd` CLI: --help everywhere, clean one-line errors, config show."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from components.cli import app
+
+runner = CliRunner()
+
+
+def _all_command_paths(group, prefix=()):
+    yield prefix
+    for name, cmd in getattr(group, "commands", {}).items():
+        yield from _all_command_paths(cmd, (*prefix, name))
+
+
+def test_every_command_has_help():
+    paths = list(_all_command_paths(get_command(app)))
+    assert len(paths) > 5
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+
+
+def test_config_show_json_reflects_overrides():
+    result = runner.invoke(app, ["--set", "synth.n_train=5", "config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["synth"]["n_train"] == 5
+    assert data["teacher"]["model"] == "tiny.en"
+
+
+def test_invalid_setting_fails_before_work_with_one_line():
+    # a real process: exit code 2, one line on stderr naming the key, no traceback
+    proc = subprocess.run(
+        [sys.executable, "-m", "components", "--set", "prepare.max_duration_s=-3", "stage", "prepare"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["error: invalid setting 'prepare.max_duration_s' = -3: Input should be greater than 0"]
+
+
+def test_bad_override_syntax():
+    result = runner.invoke(app, ["--set", "oops", "config", "show"])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, (SystemExit, typer.Exit)) or result.exception is None
