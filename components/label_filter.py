@@ -45,6 +45,11 @@ def repeated_ngram_fraction(text: str, n: int = NGRAM_N) -> float:
     return repeats / len(grams)
 
 
+def _has_words(text: str) -> bool:
+    """True when the normalised text holds a letter or digit (the normaliser may leave lone '.')."""
+    return any(ch.isalnum() for ch in normalize(text))
+
+
 def decide(
     reference: str | None,
     hypothesis: str,
@@ -56,9 +61,9 @@ def decide(
     max_tokens_per_s: float,
 ) -> LabelDecision:
     """Keep or drop one teacher label; see the module docstring for the rules."""
-    has_ref = bool(reference and normalize(reference).strip())
+    has_ref = bool(reference) and _has_words(reference)
     clip_wer = wer([reference], [hypothesis]) if has_ref else None
-    if not normalize(hypothesis).strip():
+    if not _has_words(hypothesis):
         return LabelDecision(False, "empty", clip_wer)
     if repeated_ngram_fraction(hypothesis) > max_repeated_ngram_fraction:
         return LabelDecision(False, "repetition", clip_wer)

