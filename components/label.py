@@ -190,7 +190,7 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
             )
         ds = ds.add_column("teacher_text", texts).add_column("teacher_tokens", tokens)
         ds = ds.add_column("wer_vs_reference", wers).add_column("label_status", statuses)
-        kept = ds.filter(lambda s: s.startswith("kept"), input_columns="label_status")
+        kept = ds.filter(lambda s: s.startswith("kept"), input_columns="label_status", keep_in_memory=True)
         result[split] = kept
         counts = Counter(statuses)
         per_split[split] = {

@@ -29,7 +29,10 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 def test_real_teacher_labels_filters_and_audio_only(tmp_path, monkeypatch, teacher_dir, prepared_speech_dir):
     monkeypatch.chdir(tmp_path)
     cfg = LabelSettings(out_dir=tmp_path / "labelled", work_dir=tmp_path / "work", batch_size=4, shard_size=2)
+    before = sorted(p.relative_to(prepared_speech_dir) for p in prepared_speech_dir.rglob("*"))
     metrics = pseudo_label(cfg, teacher_dir, prepared_speech_dir)
+    # the input (a DVC output of `prepare`) is read-only for this stage: no cache files written into it
+    assert sorted(p.relative_to(prepared_speech_dir) for p in prepared_speech_dir.rglob("*")) == before
 
     rows = _csv_rows(tmp_path / "labelled" / "labels.csv")
     prepared = datasets.load_from_disk(str(prepared_speech_dir))
