@@ -75,7 +75,7 @@ def _run_stage(stage: str, fn, *args) -> None:
     """Call a stage function; turn expected user errors into one-line messages."""
     try:
         metrics = fn(*args)
-    except (SettingsError, FileNotFoundError, ValueError, PermissionError, OSError) as err:
+    except (SettingsError, FileNotFoundError, ValueError, PermissionError, OSError, FloatingPointError) as err:
         if os.environ.get("ASKD_DEBUG"):
             raise
         fail(f"{stage}: {err} (set ASKD_DEBUG=1 for a traceback)")
@@ -151,6 +151,15 @@ def stage_label() -> None:
     from components.label import pseudo_label
 
     _run_stage("label", pseudo_label, cfg.label, cfg.teacher.out_dir, cfg.prepare.out_dir)
+
+
+@stage_app.command("train")
+def stage_train() -> None:
+    """DVC stage `train`: ASKD distillation of the student (resumes from the latest checkpoint)."""
+    cfg = settings()
+    from components.train.loop import distill
+
+    _run_stage("train", distill, cfg.train, cfg.teacher.out_dir, cfg.label.out_dir)
 
 
 def main() -> None:

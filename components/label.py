@@ -1,6 +1,8 @@
 """Stage `label`: the teacher pseudo-labels the prepared audio (``pseudo_label``).
 
 * Batched, length-sorted generation (shortest clips first, so a batch pads little).
+* ``engine`` picks the decoder: transformers ``generate`` or CTranslate2 (:mod:`components.ct2_runtime`: the
+  teacher is converted once into ``data/interim/ct2``; at float32 it gives the same greedy tokens, faster).
 * Resumable: clips are labelled in shards of ``shard_size``; each finished shard is one JSONL file written
   atomically under ``work_dir/<key>/``. A killed run, started again, skips finished shards, so no clip is lost
   or labelled twice. ``<key>`` hashes the teacher weights, the decode options and the prepared data, so a
@@ -21,6 +23,8 @@ import os
 import platform
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,9 @@ def work_key(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> str:
         k: getattr(cfg, k)
         for k in ("num_beams", "language", "task", "return_timestamps", "max_new_tokens", "shard_size", "max_clips")
     }
+    decode["engine"] = cfg.engine
+    if cfg.engine == "ctranslate2":
+        decode["ct2_compute_type"] = cfg.ct2_compute_type
     blob = json.dumps(
         {"teacher": _sha256_files(weights), "data": _sha256_files(data_state), "decode": decode}, sort_keys=True
     )
@@ -85,7 +92,7 @@ def _read_shards(split_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _label_split(ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path, model, processor, progress) -> int:
+def _label_split(ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path, decode: Callable, progress) -> int:
     """Label every unfinished shard of one split; returns the number of clips labelled now."""
     split_dir.mkdir(parents=True, exist_ok=True)
     done_now = 0
@@ -100,9 +107,7 @@ def _label_split(ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path,
         records = []
         for start in range(0, len(rows), cfg.batch_size):
             batch = audios[start : start + cfg.batch_size]
-            outputs = generate_tokens(
-                model,
-                processor,
+            outputs = decode(
                 batch,
                 num_beams=cfg.num_beams,
                 max_new_tokens=cfg.max_new_tokens,
@@ -118,6 +123,32 @@ def _label_split(ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path,
     return done_now
 
 
+def _load_decoder(cfg: LabelSettings, teacher_dir: Path) -> tuple[Callable, dict[str, Any]]:
+    """``decode(audios, **options) -> [(tokens, text)]`` for ``cfg.engine`` and its protocol entries."""
+    import torch
+
+    if cfg.engine == "ctranslate2":
+        from components.ct2_runtime import Ct2Whisper, ctranslate2_version
+
+        engine = Ct2Whisper.from_transformers(teacher_dir, compute_type=cfg.ct2_compute_type)
+        return engine.generate_tokens, {
+            "engine": "ctranslate2",
+            "ctranslate2": ctranslate2_version(),
+            "ct2_compute_type": cfg.ct2_compute_type,
+            "ct2_encoder": engine.encoder,
+            "ct2_intra_threads": engine.intra_threads,
+            "ct2_model": str(engine.ct2_dir),
+            "multilingual": engine.multilingual,
+            "device": "cpu",
+        }
+    model, processor = load_whisper(teacher_dir)
+    return partial(generate_tokens, model, processor), {
+        "engine": "transformers",
+        "multilingual": bool(getattr(model.generation_config, "is_multilingual", False)),
+        "device": str(next(model.parameters()).device),
+    }
+
+
 def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> dict[str, Any]:
     """Label ``cfg.splits`` of the prepared dataset with the teacher; write the filtered dataset + metrics."""
     import datasets
@@ -131,7 +162,7 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
     missing = [s for s in cfg.splits if s not in prepared]
     if missing:
         raise ValueError(f"label.splits {missing} not in the prepared dataset (has: {', '.join(prepared)})")
-    model, processor = load_whisper(teacher_dir)
+    decode, engine_protocol = _load_decoder(cfg, teacher_dir)
 
     key = work_key(cfg, teacher_dir, prepared_dir)
     work = Path(cfg.work_dir) / key
@@ -141,7 +172,7 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
     labelled_now = 0
     with tqdm(total=total, desc="label", unit="clip", dynamic_ncols=True) as progress:
         for split in cfg.splits:
-            labelled_now += _label_split(prepared[split], plans[split], cfg, work / split, model, processor, progress)
+            labelled_now += _label_split(prepared[split], plans[split], cfg, work / split, decode, progress)
     seconds = time.perf_counter() - started
 
     result = datasets.DatasetDict()
@@ -221,7 +252,6 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
         "work_key": key,
         "protocol": {
             "teacher": str(teacher_dir),
-            "multilingual": bool(getattr(model.generation_config, "is_multilingual", False)),
             "batch_size": cfg.batch_size,
             "num_beams": cfg.num_beams,
             "language": cfg.language,
@@ -236,8 +266,8 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
                 "max_tokens_per_s": cfg.max_tokens_per_s,
             },
             "torch_threads": torch.get_num_threads(),
-            "device": str(next(model.parameters()).device),
             "cpu": platform.processor() or platform.machine(),
+            **engine_protocol,
         },
     }
     write_metrics("label", metrics)

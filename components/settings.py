@@ -150,6 +150,99 @@ class LabelSettings(_Section):
     )
     max_tokens_per_s: float = Field(12.0, gt=0, description="hallucination guard: implausible label rate")
     max_clips: int | None = Field(None, ge=1, description="label only the first N clips per split (smoke runs)")
+    engine: Literal["transformers", "ctranslate2"] = Field(
+        "ctranslate2",
+        description="decoding backend: transformers `generate`, or CTranslate2 (components.ct2_runtime: the "
+        "teacher is converted once into a cache, the transformers encoder feeds CT2's decoder; faster, same "
+        "greedy tokens at float32; long clips and timestamps fall back to transformers)",
+    )
+    ct2_compute_type: Literal["float32", "int8", "int8_float32"] = Field(
+        "float32",
+        description="CTranslate2 decoder weights: float32 = identical tokens to transformers; int8 / int8_float32 "
+        "quantise (smaller, tokens may differ). Ignored by engine=transformers",
+    )
+
+
+class StudentSettings(_Section):
+    """How the student is cut from the teacher (``init_student``)."""
+
+    encoder_layers: int | None = Field(None, ge=1, description="None = keep every teacher encoder layer")
+    decoder_layers: int = Field(2, ge=1)
+    encoder_layer_indices: tuple[int, ...] | None = Field(None, description="explicit teacher layers to copy")
+    decoder_layer_indices: tuple[int, ...] | None = None
+    window_s: int = Field(10, ge=1, le=30, description="encoder input window in whole seconds (Whisper: 30)")
+    freeze_encoder: bool = True
+    cache_encoder_outputs: bool = Field(True, description="needs freeze_encoder and the teacher's own encoder")
+
+
+class OptimSettings(_Section):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    batch_size: int = Field(16, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int = Field(300, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="GPU only; CPU runs fp32")
+
+
+class AskdSchedule(_Section):
+    """ASKD: teacher weight alpha(t) decays (stage A), then a self-teacher takes over (stage B).
+
+    loss = w_ce * CE + alpha(t) * T^2 KL(teacher || student) + beta(t) * T^2 KL(self || student)
+           + feature_weight * MSE(hidden states);   w_ce = ce_weight, or 1 - alpha(t) - beta(t) when null.
+    """
+
+    alpha_schedule: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"
+    alpha_start: float = Field(0.9, ge=0)
+    alpha_end: float = Field(0.1, ge=0)
+    decay_fraction: float = Field(0.7, gt=0, le=1, description="share of max_steps over which alpha decays")
+    step_every_fraction: float = Field(0.25, gt=0, le=1, description="'step' schedule: drop every this share")
+    self_teacher: Literal["none", "ema", "snapshot", "previous_epoch"] = "ema"
+    self_kd_start_fraction: float = Field(0.7, ge=0, le=1, description="stage B starts here (share of max_steps)")
+    self_kd_weight: float = Field(0.5, ge=0, description="beta in stage B")
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    ce_weight: float | None = Field(None, ge=0, description="None: 1 - alpha - beta")
+    temperature: float = Field(2.0, gt=0)
+    feature_weight: float = Field(0.0, ge=0, description="kdq: MSE between mapped hidden states")
+    fake_quant_bits: int | None = Field(None, ge=2, le=16, description="kdq: fake-quantise student linears")
+
+    @model_validator(mode="after")
+    def _check(self) -> AskdSchedule:
+        beta = 0.0 if self.self_teacher == "none" else self.self_kd_weight
+        alpha_in_b = self.alpha_end if self.self_kd_start_fraction >= self.decay_fraction else max(
+            self.alpha_start, self.alpha_end
+        )
+        if self.ce_weight is None and max(self.alpha_start, self.alpha_end, alpha_in_b + beta) > 1 + 1e-9:
+            raise ValueError(
+                "with ce_weight=null the CE weight is 1 - alpha - beta, so alpha (and alpha + self_kd_weight "
+                "in stage B) must stay <= 1"
+            )
+        return self
+
+
+class TrainSettings(_Section):
+    """Distillation (``distill``): student init, ASKD losses, Accelerate loop, eval, checkpoints."""
+
+    preset: str = Field("askd", description="a key of `presets:` (askd, distil_whisper, kdq, ce_only)")
+    out_dir: Path = Path("models/student")
+    checkpoint_dir: Path = Field(Path("data/interim/checkpoints"), description="resume point (not a DVC out)")
+    cache_dir: Path = Field(Path("data/interim/encoder_cache"), description="teacher encoder outputs")
+    seed: int = 0
+    student: StudentSettings = StudentSettings()
+    optim: OptimSettings = OptimSettings()
+    askd: AskdSchedule = AskdSchedule()
+    timestamp_probability: float = Field(0.0, ge=0, le=1)
+    condition_on_prev_probability: float = Field(0.0, ge=0, le=1)
+    max_label_tokens: int = Field(128, ge=8, le=444)
+    eval_every_steps: int = Field(50, ge=1)
+    eval_max_clips: int = Field(100, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    early_stopping_patience: int | None = Field(4, ge=1, description="evals without WER improvement")
+    save_every_steps: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_steps: int = Field(1, ge=1)
 
 
 class Settings(BaseSettings):
@@ -165,6 +258,8 @@ class Settings(BaseSettings):
     synth: SynthSettings = SynthSettings()
     prepare: PrepareSettings = PrepareSettings()
     label: LabelSettings = LabelSettings()
+    train: TrainSettings = TrainSettings()
+    presets: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +347,18 @@ def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _apply_preset(params: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``presets[train.preset]`` (a named training recipe) over the sections it names."""
+    presets = params.get("presets") or {}
+    name = (cli.get("train") or {}).get("preset") or os.environ.get(f"{ENV_PREFIX}TRAIN__PRESET")
+    name = name or (params.get("train") or {}).get("preset", "askd")
+    if not presets:
+        return params
+    if name not in presets:
+        raise SettingsError(f"invalid setting 'train.preset' = {name!r}: unknown preset (allowed: {', '.join(presets)})")
+    return deep_merge(params, presets[name] or {})
+
+
 def load_settings(
     params_file: str | Path = DEFAULT_PARAMS_FILE,
     overrides: list[str] | tuple[str, ...] = (),
@@ -270,6 +377,7 @@ def load_settings(
                 f"invalid setting 'profile' = {profile!r}: unknown profile (allowed: {', '.join(profiles)})"
             )
         params = deep_merge(params, profiles[profile] or {})
+    params = _apply_preset(params, cli)
 
     class _Loaded(Settings):
         @classmethod

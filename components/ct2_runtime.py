@@ -1,0 +1,386 @@
+"""CTranslate2 decoding engine for Whisper: convert a transformers folder once, decode like ``generate_tokens``.
+
+* :func:`export_ct2` converts a local transformers Whisper folder with CTranslate2's own
+  ``TransformersConverter`` (offline: a local path never touches the hub) and copies the processor files and
+  ``generation_config.json`` next to ``model.bin``, so the CT2 folder is self-contained.
+* :func:`ensure_ct2` converts once into a cache folder keyed by a hash of the model files (weights, configs,
+  tokenizer), the stored quantisation and the ctranslate2 version, written atomically, and reuses it. The cache
+  lives outside the model folder (default ``data/interim/ct2``): model folders are DVC outputs/dependencies
+  and must not change.
+* :class:`Ct2Whisper` decodes with the same contract as :func:`components.whisper_io.generate_tokens`:
+  same feature extractor, same prompt (``<|startoftranscript|>`` [+ ``<|lang|>`` ``<|task|>`` for multilingual
+  models, the language detected per clip when ``language`` is None] + ``<|notimestamps|>``), the generation
+  config's ``suppress_tokens`` / ``begin_suppress_tokens``, length-sorted
+  batches, results in input order, ids without prompt and ``<|endoftext|>``.
+
+Exactness: with ``compute_type="float32"`` greedy decoding gives the same tokens as transformers (the
+teacher notes §5: 60/60 clips; the tests check it again). ``int8`` / ``int8_float32`` quantise the weights
+(faster, smaller, tokens may differ). Beam search (``num_beams > 1``) uses CT2's beam search, whose stopping
+rule differs from transformers': results are close but not guaranteed identical.
+
+Fallback to transformers (the source folder's model, loaded lazily on first need): clips longer than the
+model's window (30 s for Whisper, less for shortened-window students; transformers' long-form sequential
+decoding) and ``return_timestamps=True`` (transformers decodes timestamped clips sequentially, seeking on after
+a segment that ends mid-window, while CT2 decodes the window once: the tokens differ). Without a source
+folder such calls raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.artifacts import atomic_dir
+from components.whisper_io import SAMPLE_RATE_HZ, _strip_generated
+
+DEFAULT_CACHE_ROOT = Path("data/interim/ct2")
+COMPUTE_TYPES = ("float32", "int8", "int8_float32")
+# Who runs the encoder: "torch" (the transformers model's encoder, then CT2 decodes from its output: the
+# decoder sees exactly transformers' encoder states) or "ctranslate2" (CT2 end to end, no torch model needed).
+# On the 2-core AMD EPYC dev machine torch's MKL encoder is ~20 % faster than CT2's (DNNL, AVX2) at float32,
+# and the encoder is ~75 % of a short clip's cost, so "torch" is the faster choice there.
+ENCODERS = ("torch", "ctranslate2")
+MANIFEST_FILE = "askd_ct2.json"
+FORMAT_VERSION = 1  # bump when the layout of an exported folder changes (invalidates the cache)
+WHISPER_SOURCE_POSITIONS = 1500  # 30 s of encoder positions
+# ctranslate2 4.8.5's Whisper.generate returns at most ``max_length // 2`` new tokens, whatever the prompt
+# length, batch size or beam size (measured; tests/data/test_ct2_runtime.py guards it). So ``max_new_tokens``
+# is passed doubled, and outputs are cut to ``max_new_tokens`` in case a later version counts literally.
+CT2_MAX_LENGTH_FACTOR = 2
+# Files the runtime needs besides model.bin: the processor (feature extractor + tokenizer) and the
+# generation config (prompt ids, suppress lists). Copied when present.
+SIDECAR_FILES = (
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "chat_template.jinja",
+)
+_HASHED_SUFFIXES = {".safetensors", ".json", ".bin", ".txt"}
+
+
+def ctranslate2_version() -> str | None:
+    try:
+        import ctranslate2
+    except ImportError:
+        return None
+    return ctranslate2.__version__
+
+
+def _whisper_config(model_dir: Path) -> dict[str, Any]:
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{model_dir} is not a Whisper model folder: config.json is missing")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("model_type") != "whisper":
+        raise ValueError(f"{model_dir} is not a Whisper model folder: model_type={config.get('model_type')!r}")
+    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("pytorch_model*.bin")):
+        raise ValueError(f"{model_dir} is not a Whisper model folder: no weights (*.safetensors)")
+    return config
+
+
+def _check_quantization(quantization: str | None) -> None:
+    if quantization is not None and quantization not in COMPUTE_TYPES:
+        raise ValueError(f"quantization {quantization!r} not supported here (use None or one of {COMPUTE_TYPES})")
+
+
+def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None) -> Path:
+    """Convert a local transformers Whisper folder into a CTranslate2 folder ``out_dir`` (replaced if present).
+
+    ``quantization`` None keeps the weights' float32 (exact); ``int8`` / ``int8_float32`` store int8 weights.
+    The processor files and ``generation_config.json`` are copied, plus a manifest (``askd_ct2.json``).
+    Shortened-window models (``max_source_positions < 1500``) are supported: CTranslate2 takes the window from
+    the position-embedding table, and the copied feature extractor pads to that window.
+    """
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_quantization(quantization)
+    config = _whisper_config(model_dir)
+    if model_dir.resolve() == out_dir.resolve() or model_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise ValueError(f"the CT2 output folder {out_dir} must not contain the source model {model_dir}")
+    missing = [name for name in ("preprocessor_config.json", "tokenizer.json") if not (model_dir / name).is_file()]
+    if missing and not (model_dir / "processor_config.json").is_file():
+        raise ValueError(f"{model_dir} has no processor files ({', '.join(missing)}): save the WhisperProcessor too")
+    # A local folder: AutoConfig / AutoTokenizer / from_pretrained read files only. low_cpu_mem_usage stays off
+    # (transformers 5 loads lazily anyway); dtype comes from config.json (float32 for our folders).
+    converter = TransformersConverter(str(model_dir))
+    converter.convert(str(out_dir), quantization=quantization, force=True)
+    copied = []
+    for name in SIDECAR_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out_dir / name)
+            copied.append(name)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source": str(model_dir.resolve()),
+        "quantization": quantization or "float32",
+        "ctranslate2": ctranslate2.__version__,
+        "max_source_positions": int(config.get("max_source_positions", WHISPER_SOURCE_POSITIONS)),
+        "num_mel_bins": int(config.get("num_mel_bins", 80)),
+        "copied_files": copied,
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over a model folder's weights, configs and tokenizer files (names and contents)."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_ct2(
+    model_dir: str | Path, compute_type: str = "float32", cache_root: str | Path | None = None
+) -> Path:
+    """The CT2 folder of ``model_dir`` for ``compute_type``, converting it once into the cache.
+
+    float32 stores float32 weights; int8 / int8_float32 store int8 weights. The folder is
+    ``<cache_root>/<model name>-<hash>-<quantization>``, keyed by :func:`model_fingerprint`, the
+    quantisation, the ctranslate2 version and this module's format version; it appears atomically.
+    Not safe against two processes converting the same model at the same moment.
+    """
+    model_dir = Path(model_dir)
+    if compute_type not in COMPUTE_TYPES:
+        raise ValueError(f"compute_type {compute_type!r} not supported (use one of {COMPUTE_TYPES})")
+    _whisper_config(model_dir)
+    quantization = None if compute_type == "float32" else compute_type
+    key_blob = json.dumps(
+        {
+            "model": model_fingerprint(model_dir),
+            "quantization": compute_type,
+            "ctranslate2": ctranslate2_version(),
+            "format": FORMAT_VERSION,
+        },
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_blob.encode()).hexdigest()[:16]
+    root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
+    final = root / f"{model_dir.resolve().name}-{key}-{compute_type}"
+    if (final / "model.bin").is_file() and (final / MANIFEST_FILE).is_file():
+        return final
+    with atomic_dir(final) as tmp:
+        export_ct2(model_dir, tmp, quantization=quantization)
+    return final
+
+
+def _language_id(language: str, lang_to_id: dict[str, int]) -> int:
+    """Token id of ``language`` ("en", "english" or "<|en|>"), resolved like transformers' Whisper generate."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    lang = language.lower()
+    if lang in lang_to_id:
+        token = lang
+    elif lang in TO_LANGUAGE_CODE:
+        token = f"<|{TO_LANGUAGE_CODE[lang]}|>"
+    else:
+        token = f"<|{lang}|>"
+    if token not in lang_to_id:
+        raise ValueError(f"language {language!r} is not supported by this model (no {token} in lang_to_id)")
+    return lang_to_id[token]
+
+
+class Ct2Whisper:
+    """A CTranslate2 Whisper with the processor and generation config of its source transformers folder.
+
+    ``ct2_dir`` is an exported folder (:func:`export_ct2`); ``fallback_dir`` is the transformers folder that
+    decodes what CT2 does not (clips longer than the window, timestamps). It must hold the same model: it is
+    not taken from the manifest, whose source folder may have changed since the export.
+    """
+
+    def __init__(
+        self,
+        ct2_dir: str | Path,
+        compute_type: str = "float32",
+        intra_threads: int | None = None,
+        fallback_dir: str | Path | None = None,
+        encoder: str = "ctranslate2",
+    ):
+        import ctranslate2
+        import torch
+        from transformers import GenerationConfig, WhisperProcessor
+
+        if compute_type not in COMPUTE_TYPES:
+            raise ValueError(f"compute_type {compute_type!r} not supported (use one of {COMPUTE_TYPES})")
+        self.ct2_dir = Path(ct2_dir)
+        if not (self.ct2_dir / "model.bin").is_file():
+            raise ValueError(f"{self.ct2_dir} is not a CTranslate2 model folder (model.bin is missing)")
+        manifest_file = self.ct2_dir / MANIFEST_FILE
+        self.manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+        self.fallback_dir = Path(fallback_dir) if fallback_dir is not None else None
+        self.compute_type = compute_type
+        self.intra_threads = int(intra_threads or torch.get_num_threads())
+        self.model = ctranslate2.models.Whisper(
+            str(self.ct2_dir), device="cpu", compute_type=compute_type, intra_threads=self.intra_threads
+        )
+        self.processor = WhisperProcessor.from_pretrained(self.ct2_dir, local_files_only=True)
+        if self.processor.tokenizer.pad_token is None:
+            self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
+        self.generation_config = GenerationConfig.from_pretrained(self.ct2_dir, local_files_only=True)
+        self.multilingual = bool(getattr(self.generation_config, "is_multilingual", False))
+        self._fallback = None
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder {encoder!r} not supported (use one of {ENCODERS})")
+        if encoder == "torch" and self.fallback_dir is None:
+            raise ValueError("encoder='torch' runs the transformers encoder: pass fallback_dir (the transformers folder)")
+        self.encoder = encoder
+
+    @classmethod
+    def from_transformers(
+        cls,
+        model_dir: str | Path,
+        compute_type: str = "float32",
+        cache_root: str | Path | None = None,
+        intra_threads: int | None = None,
+        encoder: str = "torch",
+    ) -> Ct2Whisper:
+        """Convert (once, cached) and load ``model_dir``; it also serves the fallback (and the torch encoder)."""
+        ct2_dir = ensure_ct2(model_dir, compute_type, cache_root)
+        return cls(ct2_dir, compute_type=compute_type, intra_threads=intra_threads, fallback_dir=model_dir,
+                   encoder=encoder)
+
+    # ------------------------------------------------------------------------------------------
+    def _prompt_ids(self) -> set[int]:
+        gen = self.generation_config
+        ids = {gen.decoder_start_token_id, getattr(gen, "no_timestamps_token_id", None)}
+        ids |= set((getattr(gen, "lang_to_id", None) or {}).values())
+        ids |= set((getattr(gen, "task_to_id", None) or {}).values())
+        return ids
+
+    def _prompts(self, features, n: int, language: str | None, task: str) -> list[list[int]]:
+        """Per clip: <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|>, as transformers builds it."""
+        gen = self.generation_config
+        heads: list[list[int]] = [[gen.decoder_start_token_id] for _ in range(n)]
+        if self.multilingual:
+            lang_to_id = getattr(gen, "lang_to_id", None) or {}
+            if language is not None:
+                lang = _language_id(language, lang_to_id)
+                for head in heads:
+                    head.append(lang)
+            elif lang_to_id:  # transformers detects the language per clip: so does CT2
+                tok = self.processor.tokenizer
+                for head, ranked in zip(heads, self.model.detect_language(features), strict=True):
+                    head.append(int(tok.convert_tokens_to_ids(ranked[0][0])))
+            task_to_id = getattr(gen, "task_to_id", None) or {}
+            if task not in task_to_id:
+                raise ValueError(f"task {task!r} is not supported by this model (task_to_id: {sorted(task_to_id)})")
+            for head in heads:
+                head.append(task_to_id[task])
+        for head in heads:
+            head.append(gen.no_timestamps_token_id)
+        return heads
+
+    def _fallback_decode(self, audios: list[np.ndarray], **options) -> list[tuple[list[int], str]]:
+        if self.fallback_dir is None:
+            window = self.processor.feature_extractor.n_samples / SAMPLE_RATE_HZ
+            raise ValueError(
+                f"clips longer than the {window:.0f} s window and return_timestamps=True are decoded by "
+                "transformers, but this CT2 model has no source folder: pass fallback_dir (the transformers "
+                "folder) or use engine=transformers"
+            )
+        from components.whisper_io import generate_tokens
+
+        model, processor = self._transformers()
+        return generate_tokens(model, processor, audios, **options)
+
+    def _transformers(self):
+        """The fallback ``(model, processor)``, loaded on first use."""
+        from components.whisper_io import load_whisper
+
+        if self._fallback is None:
+            self._fallback = load_whisper(self.fallback_dir)
+        return self._fallback
+
+    def _encode(self, feats: np.ndarray):
+        """Encoder states of a feature batch, as a CT2 StorageView (``generate`` accepts them in place of mels)."""
+        import ctranslate2
+        import torch
+
+        if self.encoder == "ctranslate2":
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32))
+        model, _ = self._transformers()
+        with torch.inference_mode():
+            states = model.model.encoder(torch.from_numpy(feats).to(model.device, model.dtype)).last_hidden_state
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(states.float().cpu().numpy()))
+
+    def generate_tokens(
+        self,
+        audios: Sequence[np.ndarray],
+        batch_size: int = 8,
+        num_beams: int = 1,
+        max_new_tokens: int = 128,
+        language: str | None = None,
+        task: str = "transcribe",
+        return_timestamps: bool = False,
+    ) -> list[tuple[list[int], str]]:
+        """``(token_ids, text)`` per clip, in input order: the contract of ``whisper_io.generate_tokens``.
+
+        Clips within the window are decoded one window each, as transformers does for a batch without long
+        clips (transformers switches a whole batch to long-form decoding when one clip in it is too long).
+        """
+        if not audios:
+            return []
+        fe, tok, gen = self.processor.feature_extractor, self.processor.tokenizer, self.generation_config
+        window_samples = int(fe.n_samples)
+        arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]
+        results: list[tuple[list[int], str]] = [([], "")] * len(arrays)
+        # timestamps: transformers' Whisper generate decodes timestamped clips sequentially (seeking on after
+        # a segment that ends mid-window), CT2 decodes one window: not the same tokens, so transformers does it
+        fallback_idx = [i for i, a in enumerate(arrays) if return_timestamps or len(a) > window_samples]
+        if fallback_idx:
+            decoded = self._fallback_decode(
+                [arrays[i] for i in fallback_idx], batch_size=batch_size, num_beams=num_beams,
+                max_new_tokens=max_new_tokens, language=language, task=task, return_timestamps=return_timestamps,
+            )
+            for i, out in zip(fallback_idx, decoded, strict=True):
+                results[i] = out
+        eot_id = tok.convert_tokens_to_ids("<|endoftext|>")
+        prompt_ids = self._prompt_ids()
+        suppress = [int(t) for t in (getattr(gen, "suppress_tokens", None) or [])]
+        # CT2's suppress_blank suppresses the model config's suppress_ids_begin (copied from this generation
+        # config at export) at the first step: transformers' begin_suppress_tokens.
+        suppress_blank = bool(getattr(gen, "begin_suppress_tokens", None))
+        fallback_set = set(fallback_idx)
+        short = [i for i in range(len(arrays)) if i not in fallback_set]
+        order = sorted(short, key=lambda i: len(arrays[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            feats = fe([arrays[i] for i in idx], sampling_rate=SAMPLE_RATE_HZ, return_tensors="np").input_features
+            features = self._encode(np.ascontiguousarray(feats, dtype=np.float32))
+            prompts = self._prompts(features, len(idx), language, task)
+            out = self.model.generate(
+                features,
+                prompts,
+                beam_size=num_beams,
+                num_hypotheses=1,
+                max_length=CT2_MAX_LENGTH_FACTOR * max_new_tokens,
+                suppress_blank=suppress_blank,
+                suppress_tokens=suppress,
+                sampling_topk=1,
+            )
+            for i, res in zip(idx, out, strict=True):
+                ids = _strip_generated([int(t) for t in res.sequences_ids[0][:max_new_tokens]], eot_id, prompt_ids)
+                results[i] = (ids, tok.decode(ids, skip_special_tokens=True).strip())
+        return results
+
+    def transcribe(self, audios: Sequence[np.ndarray], **options) -> list[str]:
+        return [text for _, text in self.generate_tokens(audios, **options)]

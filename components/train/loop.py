@@ -1,0 +1,310 @@
+"""Stage `train`: ASKD distillation of the student from the teacher (``distill``).
+
+One Accelerate loop for CPU (default) and GPUs (``accelerate launch`` unchanged; mixed precision on GPU).
+Each optimiser step:
+
+1. the batch is a pure function of (seed, step) (see ``components.train.data``);
+2. encoder states come from the teacher-encoder cache when the student shares the frozen teacher encoder,
+   else from a forward pass;
+3. teacher logits (no grad) and, in ASKD stage B, self-teacher logits (EMA / snapshot / previous epoch);
+4. loss = w_ce CE + alpha(t) T^2 KL(teacher||student) + beta(t) T^2 KL(self||student) [+ feature MSE];
+5. NaN/inf guard, gradient clipping, AdamW, warmup + decay, EMA update; every term logged per step.
+
+Every ``eval_every_steps`` the student decodes the validation clips with real ``generate`` and the WER
+(Whisper normaliser) decides the best checkpoint and early stopping. Checkpoints every ``save_every_steps``
+make a killed run resume to the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.artifacts import atomic_dir, write_json_atomic, write_metrics
+from components.audio import dataset_audio_arrays
+from components.settings import TrainSettings
+from components.text import wer
+from components.train import checkpoint as ckpt
+from components.train.data import (
+    EncoderCache,
+    SpecialTokens,
+    batch_indices,
+    build_sequence,
+    cache_key,
+    collate,
+    features,
+    load_split,
+)
+from components.train.losses import (
+    EmaTeacher,
+    PreviousEpochTargets,
+    distillation_loss,
+    fake_quantize_linears,
+    loss_weights,
+    remove_fake_quant,
+    snapshot_teacher,
+)
+from components.train.student import init_student, teacher_for_training
+from components.whisper_io import generate_tokens
+
+STEP_LOG = Path("metrics/train_steps.csv")
+EVAL_LOG = Path("metrics/train_eval.csv")
+STEP_FIELDS = ["step", "loss", "ce", "kl", "self_kd", "feature", "alpha", "beta", "w_ce", "lr", "grad_norm"]
+WINDOW_MARGIN_S = 0.2  # clips must fit the encoder window with this margin
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced NaN/inf; the message names the step and the loss terms."""
+
+
+def _eval_wer(model, processor, audios, refs, batch_size: int, max_new_tokens: int) -> tuple[float, list[str]]:
+    model.eval()
+    with torch.no_grad():
+        hyps = [t for _, t in generate_tokens(model, processor, audios, batch_size=batch_size,
+                                                max_new_tokens=max_new_tokens)]
+    model.train()
+    return wer(refs, hyps), hyps
+
+
+def _append_csv(path: Path, fields: list[str], row: dict[str, Any], fresh: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "w" if fresh or not path.exists() else "a"
+    with path.open(mode, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if mode == "w":
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _truncate_csv(path: Path, max_step: int) -> None:
+    """Drop log rows after the resumed step, so a resumed run's logs equal an uninterrupted run's."""
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["step"]) <= max_step)
+
+
+def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[str, Any]:
+    """Train the student; write it to ``cfg.out_dir`` and ``metrics/train.json``; return the metrics."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+    from transformers import get_scheduler
+
+    teacher_dir, labelled_dir = Path(teacher_dir), Path(labelled_dir)
+    if not (labelled_dir / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"no labelled dataset at '{labelled_dir}' (run the label stage first)")
+    started = time.perf_counter()
+    use_cuda = torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=cfg.optim.mixed_precision if use_cuda else "no", cpu=not use_cuda,
+                      gradient_accumulation_steps=cfg.optim.grad_accum_steps)
+    torch.manual_seed(cfg.seed)
+
+    student, processor, report = init_student(teacher_dir, cfg.student)
+    teacher = teacher_for_training(teacher_dir, cfg.student.window_s)
+    if cfg.askd.fake_quant_bits:
+        fake_quantize_linears(student, cfg.askd.fake_quant_bits)
+    window = cfg.student.window_s - WINDOW_MARGIN_S
+    train_ds, train_stats = load_split(labelled_dir, "train", window)
+    val_ds, val_stats = load_split(labelled_dir, "validation", window)
+    if len(train_ds) == 0:
+        raise ValueError(f"no training clips fit the {cfg.student.window_s} s window (train.student.window_s)")
+    val_ds = val_ds.select(range(min(cfg.eval_max_clips, len(val_ds))))
+    train_audio, val_audio = dataset_audio_arrays(train_ds), dataset_audio_arrays(val_ds)
+    train_tokens, train_ids = train_ds["teacher_tokens"], train_ds["id"]
+    val_refs = [r if h else t for r, h, t in zip(val_ds["text"], val_ds["has_text"], val_ds["teacher_text"], strict=True)]
+    special = SpecialTokens.from_processor(processor, student.generation_config, "en", "transcribe")
+    pad_id = special.eot
+
+    shared_encoder = bool(report["encoder_is_teacher"] and cfg.student.freeze_encoder)
+    cache = None
+    if shared_encoder and cfg.student.cache_encoder_outputs:
+        key = cache_key(teacher_dir, cfg.student.window_s, processor)
+        frames = int(teacher.config.max_source_positions)
+        cache = EncoderCache(Path(cfg.cache_dir) / key, "train", len(train_ds), frames, teacher.config.d_model, train_ids)
+        if not cache.complete:
+            encoder = teacher.get_encoder()
+
+            def encode(audios):
+                with torch.no_grad():
+                    return encoder(features(processor, audios)).last_hidden_state
+
+            with tqdm(total=len(train_ds), initial=cache.done_rows(), desc="encoder cache", unit="clip",
+                      dynamic_ncols=True) as bar:
+                cache.fill(encode, lambda rows: [train_audio[r] for r in rows], bar)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = get_scheduler(cfg.optim.lr_schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+                              num_training_steps=cfg.optim.max_steps)
+    student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
+    device = acc.device
+    teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
+
+    run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
+        {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
+         "teacher": cache_key(teacher_dir, cfg.student.window_s, processor), "data": train_ids})
+    ema: EmaTeacher | None = None
+    snapshot = None
+    prev_targets = PreviousEpochTargets() if cfg.askd.self_teacher == "previous_epoch" else None
+    if cfg.askd.self_teacher == "ema":
+        ema = EmaTeacher(acc.unwrap_model(student), decay=cfg.askd.ema_decay)
+    history: list[dict[str, Any]] = []
+    best = {"wer": math.inf, "step": 0, "state": ckpt.trainable_state(acc.unwrap_model(student))}
+    step = 0
+    state = ckpt.latest_checkpoint(run_dir)
+    if state is not None:
+        acc.unwrap_model(student).load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        if state.get("snapshot") is not None:
+            snapshot = snapshot_teacher(acc.unwrap_model(student))
+            snapshot.load_state_dict(state["snapshot"])
+        if prev_targets is not None and state.get("prev_targets") is not None:
+            prev_targets.load_state_dict(state["prev_targets"])
+        history, best, step = state["history"], state["best"], state["step"]
+        ckpt.set_rng_state(state["rng"])
+        _truncate_csv(STEP_LOG, step)
+        _truncate_csv(EVAL_LOG, step)
+    fresh_logs = step == 0
+
+    teacher_val_wer = None
+    if history and "teacher_val_wer" in history[0]:
+        teacher_val_wer = history[0]["teacher_val_wer"]
+    else:
+        teacher_val_wer, _ = _eval_wer(teacher, processor, val_audio, val_refs,
+                                       cfg.eval_batch_size, cfg.max_label_tokens)
+
+    max_steps, bs = cfg.optim.max_steps, cfg.optim.batch_size
+    per_epoch = max(1, len(train_ds) // bs)
+    stopped_early = False
+    student.train()
+    with tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
+        while step < max_steps:
+            weights = loss_weights(step, max_steps, cfg.askd)
+            if weights.self_kd > 0 and cfg.askd.self_teacher == "snapshot" and snapshot is None:
+                snapshot = snapshot_teacher(acc.unwrap_model(student))
+            idx = batch_indices(step, len(train_ds), bs, cfg.seed)
+            rng = np.random.default_rng((cfg.seed, step))
+            pairs = []
+            for i in idx:
+                prev = None
+                if rng.random() < cfg.condition_on_prev_probability:
+                    prev = train_tokens[int(rng.integers(len(train_ds)))]
+                pairs.append(build_sequence(train_tokens[i], special, rng, cfg.timestamp_probability, prev,
+                                            cfg.max_label_tokens))
+            dec_in, targets = (t.to(device) for t in collate(pairs, pad_id))
+            with torch.no_grad():
+                if cache is not None:
+                    enc = cache.rows(idx).to(device)
+                else:
+                    enc = teacher.get_encoder()(features(processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
+                t_out = teacher(encoder_outputs=(enc,), decoder_input_ids=dec_in,
+                                output_hidden_states=weights.feature > 0)
+                self_logits = None
+                if weights.self_kd > 0:
+                    if cfg.askd.self_teacher == "ema" and ema is not None:
+                        self_logits = ema.model(encoder_outputs=(enc,), decoder_input_ids=dec_in).logits
+                    elif cfg.askd.self_teacher == "snapshot" and snapshot is not None:
+                        self_logits = snapshot(encoder_outputs=(enc,), decoder_input_ids=dec_in).logits
+                    elif prev_targets is not None:
+                        self_logits = prev_targets.logits_for([train_ids[i] for i in idx], targets)
+            with acc.accumulate(student):
+                s_enc = (enc,) if shared_encoder else None
+                s_kwargs = {"encoder_outputs": s_enc} if s_enc is not None else {
+                    "input_features": features(processor, [train_audio[i] for i in idx]).to(device)}
+                s_out = student(**s_kwargs, decoder_input_ids=dec_in, output_hidden_states=weights.feature > 0)
+                loss, parts = distillation_loss(
+                    s_out, t_out.logits, self_logits, targets, weights, cfg.askd.temperature,
+                    teacher_hidden=getattr(t_out, "decoder_hidden_states", None),
+                    mapping=report["mapping"]["decoder"],
+                )
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step}: {parts}; lower train.optim.lr or check the labels"
+                    )
+                acc.backward(loss)
+                grad_norm = acc.clip_grad_norm_(params, cfg.optim.max_grad_norm) if acc.sync_gradients else None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if ema is not None:
+                ema.update(acc.unwrap_model(student))
+            if prev_targets is not None:
+                prev_targets.record([train_ids[i] for i in idx], s_out.logits.detach(), targets)
+            step += 1
+            if prev_targets is not None and step % per_epoch == 0:
+                prev_targets.next_epoch()
+            row = {"step": step, "loss": float(loss), **parts, "alpha": weights.kd, "beta": weights.self_kd,
+                   "w_ce": weights.ce, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+            if step % cfg.log_every_steps == 0:
+                _append_csv(STEP_LOG, STEP_FIELDS, {k: row.get(k) for k in STEP_FIELDS}, fresh_logs)
+                fresh_logs = False
+            bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{parts['ce']:.3f}", alpha=f"{weights.kd:.2f}")
+            bar.update(1)
+
+            if step % cfg.eval_every_steps == 0 or step == max_steps:
+                val_wer, _ = _eval_wer(acc.unwrap_model(student), processor, val_audio, val_refs,
+                                       cfg.eval_batch_size, cfg.max_label_tokens)
+                entry = {"step": step, "val_wer": round(val_wer, 3), "teacher_val_wer": round(teacher_val_wer, 3)}
+                history.append(entry)
+                _append_csv(EVAL_LOG, list(entry), entry, fresh=False)
+                if val_wer < best["wer"]:
+                    best = {"wer": val_wer, "step": step, "state": ckpt.trainable_state(acc.unwrap_model(student))}
+                bar.write(f"step {step}: validation WER {val_wer:.2f} % (teacher {teacher_val_wer:.2f} %, best {best['wer']:.2f} % @ {best['step']})")
+                evals_since_best = sum(1 for h in history if h["step"] > best["step"])
+                if cfg.early_stopping_patience and evals_since_best >= cfg.early_stopping_patience:
+                    stopped_early = True
+            if step % cfg.save_every_steps == 0 or step == max_steps or stopped_early:
+                ckpt.save_checkpoint(run_dir, step, {
+                    "model": ckpt.trainable_state(acc.unwrap_model(student)),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "snapshot": snapshot.state_dict() if snapshot is not None else None,
+                    "prev_targets": prev_targets.state_dict() if prev_targets is not None else None,
+                    "history": history, "best": best,
+                }, cfg.keep_checkpoints)
+            if stopped_early:
+                bar.write(f"early stopping at step {step}: no improvement in {cfg.early_stopping_patience} evaluations")
+                break
+
+    final = acc.unwrap_model(student)
+    final.load_state_dict(best["state"], strict=False)
+    if cfg.askd.fake_quant_bits:
+        remove_fake_quant(final, keep_quantized=True)
+    seconds = time.perf_counter() - started
+    metrics = {
+        "steps": step,
+        "best_step": best["step"],
+        "best_val_wer_percent": round(best["wer"], 3),
+        "teacher_val_wer_percent": round(teacher_val_wer, 3),
+        "stopped_early": stopped_early,
+        "preset_loss": cfg.askd.model_dump(mode="json"),
+        "student": {k: v for k, v in report.items() if k != "mapping"},
+        "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_ds)},
+        "encoder_cache": bool(cache is not None),
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        "history": history,
+    }
+    out = Path(cfg.out_dir)
+    with atomic_dir(out) as tmp:
+        final.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / "training_report.json", metrics)
+    write_metrics("train", {k: v for k, v in metrics.items() if k != "history"})
+    return metrics

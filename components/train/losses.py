@@ -1,0 +1,435 @@
+"""ASKD losses and schedules (methods.md §1.4, §2.3, §3.3), self-teachers and KDQ fake quantisation. Pure torch.
+
+Total loss for one batch (``AskdSchedule``)::
+
+    L = w_ce * CE  +  alpha(t) * KD(p_T || p_S)  +  beta(t) * KD(p_S~ || p_S)  +  w_f * MSE(h_S, h_T)
+    w_ce = ce_weight, or 1 - alpha(t) - beta(t) when ce_weight is None
+
+    CE            = -(1/N) sum_i log p_S,i(y_i)                                 (N = non-pad label tokens)
+    KD(q || p)    = T^2 (1/N) sum_i sum_v q_i^T(v) (log q_i^T(v) - log p_i^T(v)),   x^T = softmax(logits / T)
+    MSE(h_S, h_T) = (1/|M|) sum_{(s,t) in M} (1/(N d)) sum_i ||h_S,s,i - h_T,t,i||^2
+
+KD is Distil-Whisper's form (temperature on both sides, summed over the vocabulary, token mean, times T^2).
+Logits at position i predict ``labels[:, i]`` (transformers' Whisper layout); ``labels == -100`` is padding.
+
+All-padding batch (N = 0): every term returns an exact 0 that is still connected to the student's graph
+(``backward`` works and gives zero gradients), and ``distillation_loss`` reports ``n_tokens = 0`` so the loop can
+skip the step. Nothing divides by zero, so no NaN is produced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from components.settings import AskdSchedule
+
+IGNORE_INDEX = -100
+EXP_SCHEDULE_FLOOR = 1e-4  # geometric interpolation needs > 0 ends; 0 is replaced by this (reached exactly at the end)
+SCHEDULE_EPS_STEPS = 1e-9  # tolerance when comparing a step with a fractional boundary (in steps)
+DEFAULT_TOP_K = 32
+DENSE_FILL_GAP_LOGITS = 1e4  # PreviousEpochTargets: non-top-k logits sit this far below the k-th (prob -> 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    ce: float
+    kd: float
+    self_kd: float
+    feature: float
+
+
+def _progress(step: int, max_steps: int, fraction: float) -> float:
+    """Share of the decay phase done at ``step``: min(step / (fraction * max_steps), 1)."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return min(step / (fraction * max_steps), 1.0)
+
+
+def alpha_at(step: int, max_steps: int, sched: AskdSchedule) -> float:
+    """Teacher weight alpha at optimiser ``step`` (a0 = alpha_start, a1 = alpha_end, p = progress in [0, 1]).
+
+    p = min(step / (decay_fraction * max_steps), 1); after the decay phase alpha stays at a1.
+      constant:     a0
+      linear:       a0 + (a1 - a0) p
+      cosine:       a1 + (a0 - a1) (1 + cos(pi p)) / 2
+      exponential:  a0' (a1' / a0')^p with x' = max(x, 1e-4); p = 0 gives a0 and p = 1 gives a1 exactly
+      step:         K = ceil(decay_fraction / step_every_fraction) equal drops of (a0 - a1) / K, at
+                    k * step_every_fraction * max_steps (k < K) and the last at decay_fraction * max_steps
+    """
+    a0, a1 = sched.alpha_start, sched.alpha_end
+    p = _progress(step, max_steps, sched.decay_fraction)
+    kind = sched.alpha_schedule
+    if kind == "constant":
+        return float(a0)
+    if p >= 1.0:
+        return float(a1)
+    if kind == "linear":
+        return a0 + (a1 - a0) * p
+    if kind == "cosine":
+        return a1 + (a0 - a1) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if kind == "exponential":
+        if p <= 0.0:
+            return float(a0)
+        lo, hi = max(a0, EXP_SCHEDULE_FLOOR), max(a1, EXP_SCHEDULE_FLOOR)
+        return lo * (hi / lo) ** p
+    if kind == "step":
+        n_drops = max(1, math.ceil(sched.decay_fraction / sched.step_every_fraction - 1e-9))
+        every, last = sched.step_every_fraction, sched.decay_fraction
+        boundaries = [min(k * every, last) * max_steps for k in range(1, n_drops + 1)]
+        done = sum(step + SCHEDULE_EPS_STEPS >= b for b in boundaries)
+        return a0 - (a0 - a1) * done / n_drops
+    raise ValueError(f"unknown alpha_schedule {kind!r}")
+
+
+def beta_at(step: int, max_steps: int, sched: AskdSchedule) -> float:
+    """Self-teacher weight: 0 before ``self_kd_start_fraction * max_steps`` (or with no self-teacher), else
+    ``self_kd_weight`` (stage B)."""
+    _progress(step, max_steps, 1.0)  # argument checks
+    if sched.self_teacher == "none":
+        return 0.0
+    if step + SCHEDULE_EPS_STEPS < sched.self_kd_start_fraction * max_steps:
+        return 0.0
+    return float(sched.self_kd_weight)
+
+
+def loss_weights(step: int, max_steps: int, sched: AskdSchedule) -> LossWeights:
+    """All four weights at ``step``; ``ce = ce_weight`` or ``max(0, 1 - alpha - beta)``."""
+    alpha, beta = alpha_at(step, max_steps, sched), beta_at(step, max_steps, sched)
+    ce = sched.ce_weight if sched.ce_weight is not None else max(0.0, 1.0 - alpha - beta)
+    return LossWeights(ce=float(ce), kd=float(alpha), self_kd=float(beta), feature=float(sched.feature_weight))
+
+
+# ---------------------------------------------------------------------------------------------
+# loss terms
+
+
+def _zero_like(t: torch.Tensor) -> torch.Tensor:
+    """An exact 0 that keeps ``t``'s graph (for all-padding batches)."""
+    return t.sum() * 0.0
+
+
+def cross_entropy(
+    student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Token-mean CE over ``labels != ignore_index``; logits [B, L, V], labels [B, L]. All padding -> 0."""
+    mask = labels != ignore_index
+    if not bool(mask.any()):
+        return _zero_like(student_logits)
+    return F.cross_entropy(student_logits[mask].float(), labels[mask], reduction="mean")
+
+
+def kl_divergence(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels_mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * mean over ``labels_mask`` positions of sum_v p_T^T (log p_T^T - log p_S^T) (teacher detached).
+
+    Computed in float32 with ``log_target`` (exact where p_T underflows to 0). All padding -> 0.
+    """
+    mask = labels_mask.bool()
+    if not bool(mask.any()):
+        return _zero_like(student_logits)
+    log_p_s = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits[mask].detach().float() / temperature, dim=-1)
+    per_token = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+    return per_token.mean() * temperature**2
+
+
+def feature_loss(
+    student_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    teacher_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    mapping: dict[int, int],
+    labels_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over mapped layer pairs of the MSE between decoder hidden states at label positions.
+
+    ``*_hidden`` are transformers' ``decoder_hidden_states``: entry 0 is the embedding output, entry ``i + 1``
+    the output of layer ``i`` (the last entry has the final layer norm applied). ``mapping`` is
+    ``{student_layer: teacher_layer}`` (0-based, as in ``init_student``'s report), compared as
+    ``student_hidden[s + 1]`` vs ``teacher_hidden[t + 1]`` (teacher detached); widths must match.
+    """
+    if not mapping:
+        raise ValueError("feature_loss needs a non-empty {student_layer: teacher_layer} mapping")
+    terms = []
+    for s, t in sorted((int(a), int(b)) for a, b in mapping.items()):
+        hs, ht = student_hidden[s + 1], teacher_hidden[t + 1].detach()
+        if hs.shape[-1] != ht.shape[-1]:
+            raise ValueError(f"hidden widths differ (student {hs.shape[-1]}, teacher {ht.shape[-1]}): add an adapter")
+        if labels_mask is not None:
+            mask = labels_mask.bool()
+            if not bool(mask.any()):
+                return _zero_like(hs)
+            hs, ht = hs[mask], ht[mask]
+        terms.append(F.mse_loss(hs.float(), ht.float(), reduction="mean"))
+    return torch.stack(terms).mean()
+
+
+def distillation_loss(
+    student_out: Any,
+    teacher_logits: torch.Tensor | None,
+    self_logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
+    labels: torch.Tensor,
+    weights: LossWeights,
+    temperature: float,
+    teacher_hidden: tuple[torch.Tensor, ...] | None = None,
+    mapping: dict[int, int] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``total = w.ce CE + w.kd KD(T) + w.self_kd KD(self) + w.feature MSE`` and the parts as floats.
+
+    ``student_out`` is a model output (``.logits``, and ``.decoder_hidden_states`` for the feature term: run the
+    student with ``output_hidden_states=True``) or a logits tensor. Terms with weight 0 are not computed (their
+    part is 0.0); CE is always computed and reported. A term with weight > 0 and no input raises ``ValueError``.
+    ``self_logits`` may be a ``(logits, valid_mask)`` pair (``PreviousEpochTargets.logits_for``): the self-KD
+    term then averages over label positions that are also valid (0 if there are none).
+    ``parts`` = ``{"ce", "kl", "self_kd", "feature", "total", "n_tokens"}``.
+    """
+    logits = student_out if isinstance(student_out, torch.Tensor) else student_out.logits
+    mask = labels != IGNORE_INDEX
+    parts = {"ce": 0.0, "kl": 0.0, "self_kd": 0.0, "feature": 0.0}
+    ce = cross_entropy(logits, labels)
+    total = weights.ce * ce
+    parts["ce"] = float(ce.detach())
+    if weights.kd > 0:
+        if teacher_logits is None:
+            raise ValueError("kd weight > 0 but no teacher_logits were given")
+        kl = kl_divergence(teacher_logits, logits, mask, temperature)
+        total = total + weights.kd * kl
+        parts["kl"] = float(kl.detach())
+    if weights.self_kd > 0:
+        if self_logits is None:
+            raise ValueError("self_kd weight > 0 but no self-teacher logits were given")
+        self_mask = mask
+        if isinstance(self_logits, tuple):  # (logits, valid) from PreviousEpochTargets.logits_for
+            self_logits, valid = self_logits
+            self_mask = mask & valid.bool()
+        skd = kl_divergence(self_logits, logits, self_mask, temperature)
+        total = total + weights.self_kd * skd
+        parts["self_kd"] = float(skd.detach())
+    if weights.feature > 0:
+        student_hidden = getattr(student_out, "decoder_hidden_states", None)
+        if student_hidden is None or teacher_hidden is None or not mapping:
+            raise ValueError("feature weight > 0 needs student and teacher decoder_hidden_states and a mapping")
+        feat = feature_loss(student_hidden, teacher_hidden, mapping, mask)
+        total = total + weights.feature * feat
+        parts["feature"] = float(feat.detach())
+    parts["total"] = float(total.detach())
+    parts["n_tokens"] = int(mask.sum())
+    return total, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# self-teachers (stage B)
+
+
+def _frozen_copy(student: nn.Module) -> nn.Module:
+    """Deep copy of ``student`` whose frozen parameters are *shared* (not copied); all grads off, eval mode."""
+    memo = {id(p): p for p in student.parameters() if not p.requires_grad}
+    twin = copy.deepcopy(student, memo)
+    twin.requires_grad_(False)
+    return twin.eval()
+
+
+class FrozenTeacher:
+    """A self-teacher: a frozen copy (``.model``) of the student; ``teacher(**inputs)`` runs it without a graph.
+
+    Parameters the student does not train (a frozen encoder) are shared with the student, not copied.
+    ``state_dict()`` holds only the copies of the student's trainable tensors (checkpoint it; restore with
+    ``load_state_dict`` on a teacher rebuilt from the same student).
+    """
+
+    def __init__(self, student: nn.Module):
+        self.names = [n for n, p in student.named_parameters() if p.requires_grad]
+        self.model = _frozen_copy(student)
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        own = dict(self.model.named_parameters())
+        return {n: own[n] for n in self.names}
+
+    @torch.no_grad()
+    def __call__(self, **model_inputs):
+        """``self.model(**model_inputs)`` under no_grad (pass ``encoder_outputs=`` when encoder outputs are cached)."""
+        return self.model(**model_inputs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": {n: p.detach().clone() for n, p in self._params().items()}}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        params = self._params()
+        if strict and set(state["params"]) != set(params):
+            raise ValueError("self-teacher state does not match the student's trainable parameters")
+        with torch.no_grad():
+            for n, value in state["params"].items():
+                if n in params:
+                    params[n].copy_(value)
+
+
+def snapshot_teacher(student: nn.Module) -> FrozenTeacher:
+    """Born-again self-teacher: a frozen copy of the student as it is now (take it at the phase change).
+
+    Later student updates do not reach it (its trainable tensors are copies).
+    """
+    return FrozenTeacher(student)
+
+
+class EmaTeacher(FrozenTeacher):
+    """Mean-teacher self-teacher: theta_ema <- d * theta_ema + (1 - d) * theta_student on every ``update``."""
+
+    def __init__(self, student: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        super().__init__(student)
+        self.decay = float(decay)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        live = dict(student.named_parameters())
+        for n, p in self._params().items():
+            p.mul_(self.decay).add_(live[n].detach().to(p.dtype), alpha=1.0 - self.decay)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "decay": self.decay, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        super().load_state_dict(state, strict=strict)
+        self.decay = float(state["decay"])
+        self.num_updates = int(state["num_updates"])
+
+
+class PreviousEpochTargets:
+    """PS-KD-style self-teacher: the student's own top-k predictions for each clip from the previous epoch.
+
+    ``record`` keeps, per clip id, the label tokens at the label positions and the top-k raw student logits there
+    (with their vocabulary ids; detached, float32, CPU). ``next_epoch`` turns this epoch's records into the
+    targets. ``logits_for`` returns dense logits that approximate the recorded distribution by its top-k:
+    every other vocabulary entry gets ``min(top-k) - DENSE_FILL_GAP_LOGITS``, so after ``softmax(z / T)``
+    (T <= 50, so gap / T >= 200) its probability underflows to exactly 0 in float32 and
+
+        q~_i(v) = exp(z_v / T) / sum_{u in topk_i} exp(z_u / T)  for v in topk_i, else 0,
+
+    i.e. the top-k renormalised; the tail mass outside the top-k (small for a trained model) is dropped.
+    Positions of clips without a record, or whose label tokens changed since (random timestamps / prompts),
+    are marked invalid in the returned mask and are left out of the self-KD term.
+    """
+
+    def __init__(self, k: int = DEFAULT_TOP_K):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = int(k)
+        self.vocab_size: int | None = None
+        self.previous: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.current: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def record(self, clip_ids: list[str], student_logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Remember this batch's predictions (call with the training forward's logits, [B, L, V])."""
+        self.vocab_size = int(student_logits.shape[-1])
+        k = min(self.k, self.vocab_size)
+        for row, clip in enumerate(clip_ids):
+            mask = labels[row] != IGNORE_INDEX
+            values, ids = student_logits[row][mask].detach().float().topk(k, dim=-1)
+            self.current[str(clip)] = (labels[row][mask].detach().cpu(), ids.cpu(), values.cpu())
+
+    def next_epoch(self) -> None:
+        """This epoch's records become the targets; the older ones are dropped."""
+        self.previous, self.current = self.current, {}
+
+    @torch.no_grad()
+    def logits_for(self, clip_ids: list[str], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dense_logits [B, L, V] float32, valid [B, L] bool)`` aligned with ``labels`` (see class doc).
+
+        Pass the pair as ``self_logits`` to :func:`distillation_loss`. Before any ``record`` it raises
+        ``ValueError`` (the vocabulary size is unknown).
+        """
+        if self.vocab_size is None:
+            raise ValueError("PreviousEpochTargets.logits_for before any record(): nothing to distil from")
+        b, length = labels.shape
+        dense = torch.zeros(b, length, self.vocab_size)
+        valid = torch.zeros(b, length, dtype=torch.bool)
+        for row, clip in enumerate(clip_ids):
+            entry = self.previous.get(str(clip))
+            mask = (labels[row] != IGNORE_INDEX).cpu()
+            if entry is None or not torch.equal(entry[0], labels[row][mask].cpu()):
+                continue
+            _, ids, values = entry
+            fill = (values.min(dim=-1, keepdim=True).values - DENSE_FILL_GAP_LOGITS).expand(-1, self.vocab_size)
+            dense[row, mask] = fill.scatter(-1, ids, values)
+            valid[row, mask] = True
+        return dense.to(labels.device), valid.to(labels.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "vocab_size": self.vocab_size, "previous": dict(self.previous),
+                "current": dict(self.current)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.k = int(state["k"])
+        self.vocab_size = state["vocab_size"]
+        self.previous = dict(state["previous"])
+        self.current = dict(state["current"])
+
+
+# ---------------------------------------------------------------------------------------------
+# KDQ fake quantisation
+
+
+class FakeQuantize(nn.Module):
+    """Symmetric per-tensor fake quantisation with a straight-through estimator.
+
+    q_max = 2^(b-1) - 1,  s = max|w| / q_max,  w_q = clamp(round(w / s), -q_max, q_max) * s,
+    forward value w_q, gradient d w_q / d w := 1 (``w + (w_q - w).detach()``). At most 2^b - 1 distinct values.
+    (DQ-Whisper's code scales by the signed maximum; the absolute maximum used here cannot overflow.)
+    """
+
+    def __init__(self, bits: int):
+        super().__init__()
+        if not 2 <= bits <= 16:
+            raise ValueError(f"fake-quant bits must be in [2, 16], got {bits}")
+        self.bits = int(bits)
+        self.q_max = 2 ** (self.bits - 1) - 1
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = (w.detach().abs().max() / self.q_max).clamp_min(torch.finfo(w.dtype).tiny)
+        w_q = torch.clamp(torch.round(w / scale), -self.q_max, self.q_max) * scale
+        return w + (w_q - w).detach()
+
+
+def fake_quantize_linears(model: nn.Module, bits: int) -> list[str]:
+    """Fake-quantise every ``nn.Linear`` weight of the decoder (``model.model.decoder``); returns their names.
+
+    Uses ``torch.nn.utils.parametrize``: the float weight lives on as
+    ``<module>.parametrizations.weight.original`` (this changes state_dict keys). Undo with
+    :func:`remove_fake_quant` before ``save_pretrained``.
+    """
+    decoder = model.model.decoder
+    names = []
+    for name, module in decoder.named_modules():
+        if isinstance(module, nn.Linear) and not parametrize.is_parametrized(module, "weight"):
+            parametrize.register_parametrization(module, "weight", FakeQuantize(bits))
+            names.append(f"model.decoder.{name}")
+    return names
+
+
+def remove_fake_quant(model: nn.Module, keep_quantized: bool = False) -> int:
+    """Remove the fake quantisation; ``keep_quantized`` bakes the quantised values in. Returns modules changed."""
+    n = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight") and any(
+            isinstance(p, FakeQuantize) for p in module.parametrizations["weight"]
+        ):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep_quantized)
+            n += 1
+    return n

@@ -1,0 +1,164 @@
+"""Student construction from the real tiny.en teacher: layer choice, exact weight copy, window, generate, reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.settings import StudentSettings
+from components.train.student import init_student, layer_indices, shorten_window, teacher_for_training
+from components.whisper_io import load_whisper
+
+SAMPLE_RATE_HZ = 16_000
+CLIP_S = 3
+MAX_NEW_TOKENS = 4
+
+
+@pytest.mark.parametrize(
+    ("n_teacher", "n_student", "expected"),
+    [
+        (4, 2, [0, 3]),
+        (32, 2, [0, 31]),
+        (6, 3, [0, 2, 5]),
+        (4, 4, [0, 1, 2, 3]),
+        (12, 5, [0, 2, 5, 8, 11]),  # numpy.linspace(0, 11, 5, dtype=int), Distil-Whisper's rule
+        (32, 4, [0, 10, 20, 31]),
+        (4, 1, [3]),
+        (1, 1, [0]),
+    ],
+)
+def test_layer_indices_table(n_teacher, n_student, expected):
+    assert layer_indices(n_teacher, n_student) == expected
+    if n_student > 1:
+        ref = np.linspace(0, n_teacher - 1, n_student, dtype=int).tolist()
+        ref[-1] = n_teacher - 1
+        assert layer_indices(n_teacher, n_student) == ref
+
+
+@pytest.mark.parametrize(("n_teacher", "n_student"), [(4, 5), (0, 1), (4, 0)])
+def test_layer_indices_errors(n_teacher, n_student):
+    with pytest.raises(ValueError):
+        layer_indices(n_teacher, n_student)
+
+
+@pytest.fixture(scope="module")
+def built(teacher_dir):
+    """The default student (every encoder layer, decoder [0, 3], 10 s window, frozen encoder) and the teacher."""
+    student, processor, report = init_student(teacher_dir, StudentSettings())
+    teacher, _ = load_whisper(teacher_dir)
+    return student, processor, report, teacher
+
+
+def _clip(kind: str) -> np.ndarray:
+    n = CLIP_S * SAMPLE_RATE_HZ
+    if kind == "zeros":
+        return np.zeros(n, dtype=np.float32)
+    return np.random.default_rng(0).normal(0.0, 0.05, n).astype(np.float32)
+
+
+def test_init_student_copies_mapped_layers_exactly(built):
+    student, _, report, teacher = built
+    assert report["encoder_layer_indices"] == [0, 1, 2, 3]
+    assert report["decoder_layer_indices"] == [0, 3]
+    assert report["mapping"] == {"encoder": {0: 0, 1: 1, 2: 2, 3: 3}, "decoder": {0: 0, 1: 3}}
+    s_sd, t_sd = student.state_dict(), teacher.state_dict()
+    for s, t in report["mapping"]["decoder"].items():
+        prefix_s, prefix_t = f"model.decoder.layers.{s}.", f"model.decoder.layers.{t}."
+        keys = [k for k in t_sd if k.startswith(prefix_t)]
+        assert keys
+        for key in keys:
+            assert torch.equal(s_sd[prefix_s + key[len(prefix_t):]], t_sd[key]), key
+    for key in ("model.encoder.conv1.weight", "model.encoder.conv2.bias", "model.encoder.layer_norm.weight",
+                "model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
+                "model.decoder.layer_norm.bias", "model.encoder.layers.2.fc1.weight"):
+        assert torch.equal(s_sd[key], t_sd[key]), key
+    # the 10 s window keeps the first 500 of the teacher's 1500 encoder positions
+    assert torch.equal(s_sd["model.encoder.embed_positions.weight"], t_sd["model.encoder.embed_positions.weight"][:500])
+    s_fc1, t_fc1 = student.model.decoder.layers[1].fc1.weight, teacher.model.decoder.layers[3].fc1.weight
+    assert s_fc1.data_ptr() != t_fc1.data_ptr()  # copies, not views of the teacher
+
+
+def test_embeddings_tied_encoder_frozen_and_report(built):
+    student, _, report, teacher = built
+    assert student.proj_out.weight.data_ptr() == student.model.decoder.embed_tokens.weight.data_ptr()
+    assert not any(p.requires_grad for p in student.model.encoder.parameters())
+    assert all(p.requires_grad for p in student.model.decoder.parameters())
+    total = sum(p.numel() for p in student.parameters())
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    assert report["student_params"] == total and report["student_trainable"] == trainable
+    assert trainable == sum(p.numel() for p in student.model.decoder.parameters())
+    assert report["student_bytes_fp32"] == 4 * total
+    assert report["teacher_params"] == sum(p.numel() for p in teacher.parameters())
+    assert report["teacher_params"] > total and report["window_s"] == 10.0
+    assert report["encoder_is_teacher"] is True
+    assert student.config.decoder_layers == 2 and student.config.encoder_layers == 4
+    heads = student.generation_config.alignment_heads
+    assert heads and all(0 <= layer < 2 for layer, _ in heads)
+
+
+def test_window_10s_features_positions_and_generate(built):
+    student, processor, _, _ = built
+    fe = processor.feature_extractor
+    assert (fe.chunk_length, fe.n_samples, fe.nb_max_frames) == (10, 160_000, 1000)
+    assert student.config.max_source_positions == 500
+    assert student.model.encoder.embed_positions.weight.shape[0] == 500
+    feats = fe(_clip("zeros"), sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt").input_features
+    assert feats.shape == (1, 80, 1000)
+    with torch.no_grad():
+        ids = student.generate(feats, max_new_tokens=MAX_NEW_TOKENS)
+    assert ids.dtype == torch.long and ids.shape[0] == 1 and 0 < ids.shape[1] <= MAX_NEW_TOKENS + 4
+
+
+def test_explicit_indices_unfrozen_encoder_and_errors(teacher_dir, built):
+    cfg = StudentSettings(encoder_layers=2, decoder_layer_indices=(1, 2), window_s=30, freeze_encoder=False)
+    student, processor, report = init_student(teacher_dir, cfg)
+    assert report["encoder_layer_indices"] == [0, 3] and report["decoder_layer_indices"] == [1, 2]
+    assert report["encoder_is_teacher"] is False
+    assert student.config.max_source_positions == 1500 and processor.feature_extractor.nb_max_frames == 3000
+    assert any(p.requires_grad for p in student.model.encoder.parameters())
+    assert not student.model.encoder.embed_positions.weight.requires_grad
+    teacher = built[3]
+    assert torch.equal(student.model.encoder.layers[1].fc2.weight, teacher.model.encoder.layers[3].fc2.weight)
+    for bad in ((3, 1), (0, 4)):
+        with pytest.raises(ValueError, match="decoder_layer_indices"):
+            init_student(teacher_dir, StudentSettings(decoder_layer_indices=bad))
+
+
+def test_shorten_window_rules(tiny_whisper_dir):
+    model, processor = load_whisper(tiny_whisper_dir)
+    same_model, same_proc = shorten_window(model, processor, 30)
+    assert same_model is model and same_proc is processor
+    with pytest.raises(ValueError, match="whole number"):
+        shorten_window(model, processor, 7.5)
+    model, processor = shorten_window(model, processor, 5.0)
+    assert model.config.max_source_positions == 250 and processor.feature_extractor.n_samples == 80_000
+    with pytest.raises(ValueError, match="only 250"):
+        shorten_window(model, processor, 10)
+
+
+def test_teacher_for_training_matches_student_window(teacher_dir, built):
+    _, processor, _, _ = built
+    teacher = teacher_for_training(teacher_dir, 10)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.config.max_source_positions == 500
+    feats = processor.feature_extractor(_clip("noise"), sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt")
+    with torch.no_grad():
+        enc = teacher.get_encoder()(feats.input_features).last_hidden_state
+    assert enc.shape == (1, 500, teacher.config.d_model)
+
+
+def test_save_and_reload_round_trip(built, tmp_path):
+    student, processor, _, _ = built
+    student.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model, proc = load_whisper(tmp_path)
+    assert model.config.max_source_positions == 500 and model.config.decoder_layers == 2
+    assert proc.feature_extractor.nb_max_frames == 1000 and proc.feature_extractor.n_samples == 160_000
+    assert model.generation_config.alignment_heads == student.generation_config.alignment_heads
+    for key, value in student.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    feats = proc.feature_extractor(_clip("noise"), sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt").input_features
+    with torch.no_grad():
+        ids = model.generate(feats, max_new_tokens=MAX_NEW_TOKENS)
+    assert ids.shape[0] == 1 and 0 < ids.shape[1] <= MAX_NEW_TOKENS + 4
