@@ -1,0 +1,140 @@
+"""The train stage on a tiny random Whisper: runs, kill-and-resume equality, NaN guard, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from components.settings import TrainSettings
+from components.train.loop import NonFiniteLossError, distill
+
+TINY_TRAIN = {
+    "student": {"decoder_layers": 1, "window_s": 10},
+    "optim": {"batch_size": 2, "max_steps": 8, "warmup_steps": 2, "lr": 1e-3},
+    "eval_every_steps": 4, "eval_max_clips": 2, "eval_batch_size": 2, "save_every_steps": 2,
+    "max_label_tokens": 32, "early_stopping_patience": None,
+    "askd": {"alpha_start": 0.9, "alpha_end": 0.1, "decay_fraction": 0.5, "self_teacher": "ema",
+             "self_kd_start_fraction": 0.5, "self_kd_weight": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def labelled_dir(tmp_path_factory, prepared_speech_dir, tiny_whisper_dir) -> Path:
+    """The prepared speech clips 'labelled' with their reference text (a perfect teacher)."""
+    from transformers import WhisperTokenizer
+
+    tok = WhisperTokenizer.from_pretrained(tiny_whisper_dir)
+    prepared = datasets.load_from_disk(str(prepared_speech_dir))
+    out = datasets.DatasetDict()
+    for split in ("train", "validation"):
+        ds = prepared[split]
+        texts = [t or "hello world" for t in ds["text"]]
+        ds = ds.add_column("teacher_text", texts)
+        ds = ds.add_column("teacher_tokens", [tok.encode(" " + t, add_special_tokens=False) for t in texts])
+        out[split] = ds
+    path = tmp_path_factory.mktemp("labelled") / "labelled"
+    out.save_to_disk(str(path))
+    return path
+
+
+def _cfg(tmp: Path, **over) -> TrainSettings:
+    data = json.loads(json.dumps(TINY_TRAIN))
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return TrainSettings(out_dir=tmp / "student", checkpoint_dir=tmp / "ckpt", cache_dir=tmp / "cache", **data)
+
+
+def test_distill_runs_and_writes_everything(tmp_path, monkeypatch, tiny_whisper_dir, labelled_dir):
+    monkeypatch.chdir(tmp_path)
+    metrics = distill(_cfg(tmp_path), tiny_whisper_dir, labelled_dir)
+    assert metrics["steps"] == 8 and metrics["encoder_cache"] is True
+    assert [h["step"] for h in metrics["history"]] == [4, 8]
+    assert (tmp_path / "student" / "model.safetensors").is_file()
+    assert (tmp_path / "metrics" / "train.json").is_file()
+    rows = (tmp_path / "metrics" / "train_steps.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,ce,kl,self_kd") and len(rows) == 9
+    last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
+    first = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
+    assert float(first["alpha"]) == pytest.approx(0.9) and float(first["beta"]) == 0
+    assert float(last["alpha"]) == pytest.approx(0.1) and float(last["beta"]) == pytest.approx(0.5)
+    assert float(last["self_kd"]) > 0  # stage B really ran the EMA self-teacher
+    from components.whisper_io import load_whisper
+
+    model, processor = load_whisper(tmp_path / "student")
+    assert model.config.decoder_layers == 1 and model.config.max_source_positions == 500
+
+
+def _train_cmd(params: Path) -> list[str]:
+    return [sys.executable, "-m", "components", "--params", str(params), "stage", "train"]
+
+
+def _params(tmp: Path, teacher: Path, labelled: Path) -> Path:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["teacher"]["out_dir"] = str(teacher)
+    params["label"]["out_dir"] = str(labelled)
+    params["train"] = {**params["train"], **json.loads(json.dumps(TINY_TRAIN)),
+                       "out_dir": str(tmp / "student"), "checkpoint_dir": str(tmp / "ckpt"),
+                       "cache_dir": str(tmp / "cache")}
+    params["train"]["optim"] = {**yaml.safe_load(Path("params.yaml").read_text())["train"]["optim"],
+                                **TINY_TRAIN["optim"], "max_steps": 12}
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_whisper_dir, labelled_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    subprocess.run(_train_cmd(_params(ref, tiny_whisper_dir, labelled_dir)), cwd=ref, env=env, check=True,
+                   capture_output=True, timeout=600)
+
+    params = _params(run, tiny_whisper_dir, labelled_dir)
+    proc = subprocess.Popen(_train_cmd(params), cwd=run, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    killed_after = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = sorted(p.name for p in (run / "ckpt").rglob("step-*.pt"))
+        if any(name >= "step-0000004.pt" for name in ckpts):
+            proc.send_signal(signal.SIGKILL)
+            killed_after = ckpts[-1]
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and killed_after, "the run ended before it could be killed"
+    assert not (run / "student").exists()
+    subprocess.run(_train_cmd(params), cwd=run, env=env, check=True, capture_output=True, timeout=600)
+
+    a = load_file(ref / "student" / "model.safetensors")
+    b = load_file(run / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert (ref / "metrics" / "train_steps.csv").read_text() == (run / "metrics" / "train_steps.csv").read_text()
+    assert json.loads((ref / "metrics" / "train.json").read_text())["best_step"] == json.loads(
+        (run / "metrics" / "train.json").read_text())["best_step"]
+
+
+def test_nan_guard_stops_with_a_clear_message(tmp_path, monkeypatch, tiny_whisper_dir, labelled_dir):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tmp_path, optim={"lr": 1e30, "warmup_steps": 0, "max_grad_norm": 1e30})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+"):
+        distill(cfg, tiny_whisper_dir, labelled_dir)
+
+
+def test_missing_labels_is_a_clear_error(tmp_path, tiny_whisper_dir):
+    with pytest.raises(FileNotFoundError, match="no labelled dataset"):
+        distill(_cfg(tmp_path), tiny_whisper_dir, tmp_path / "nothing")
