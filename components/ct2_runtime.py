@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,9 @@ DEFAULT_CACHE_ROOT = Path("data/interim/ct2")
 COMPUTE_TYPES = ("float32", "int8", "int8_float32")
 # Who runs the encoder: "torch" (the transformers model's encoder, then CT2 decodes from its output: the
 # decoder sees exactly transformers' encoder states) or "ctranslate2" (CT2 end to end, no torch model needed).
-# On the 2-core AMD EPYC dev machine torch's MKL encoder is ~20 % faster than CT2's (DNNL, AVX2) at float32,
-# and the encoder is ~75 % of a short clip's cost, so "torch" is the faster choice there.
+# On the 2-core AMD EPYC dev machine torch's MKL encoder takes 2.05 s per 8 clips, CT2's (DNNL, AVX2; MKL or
+# AVX512 forced were no better) 2.5 s at float32 and 2.2 s at int8. The encoder is ~75 % of a short clip's
+# cost, so "torch" + CT2's decoder (0.54 s vs ~0.9 s for transformers per batch of 8) is the fastest exact mix.
 ENCODERS = ("torch", "ctranslate2")
 MANIFEST_FILE = "askd_ct2.json"
 FORMAT_VERSION = 1  # bump when the layout of an exported folder changes (invalidates the cache)
@@ -71,12 +74,33 @@ SIDECAR_FILES = (
 _HASHED_SUFFIXES = {".safetensors", ".json", ".bin", ".txt"}
 
 
-def ctranslate2_version() -> str | None:
+def _ctranslate2():
+    """Import ctranslate2 with its OpenMP threads sleeping between parallel regions (OMP_WAIT_POLICY=PASSIVE).
+
+    CTranslate2 bundles its own libgomp, which reads the environment once, when the module is first imported
+    (torch's OpenMP runtime is separate and already initialised by then, so it is unaffected). With the default
+    spinning, CT2's threads busy-wait between the decoder's many small parallel regions: on 2 shared cores
+    with another job running, a decode took 2-8.5 s instead of 0.65 s, and two CT2 models in one process
+    (e.g. teacher + student) slowed each other 4x. A value set by the user is kept.
+    """
+    if "ctranslate2" in sys.modules:
+        return sys.modules["ctranslate2"]
+    unset = "OMP_WAIT_POLICY" not in os.environ
+    if unset:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         import ctranslate2
+    finally:
+        if unset:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+    return ctranslate2
+
+
+def ctranslate2_version() -> str | None:
+    try:
+        return _ctranslate2().__version__
     except ImportError:
         return None
-    return ctranslate2.__version__
 
 
 def _whisper_config(model_dir: Path) -> dict[str, Any]:
@@ -104,7 +128,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
     Shortened-window models (``max_source_positions < 1500``) are supported: CTranslate2 takes the window from
     the position-embedding table, and the copied feature extractor pads to that window.
     """
-    import ctranslate2
+    ctranslate2 = _ctranslate2()
     from ctranslate2.converters import TransformersConverter
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -112,9 +136,9 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
     config = _whisper_config(model_dir)
     if model_dir.resolve() == out_dir.resolve() or model_dir.resolve().is_relative_to(out_dir.resolve()):
         raise ValueError(f"the CT2 output folder {out_dir} must not contain the source model {model_dir}")
-    missing = [name for name in ("preprocessor_config.json", "tokenizer.json") if not (model_dir / name).is_file()]
-    if missing and not (model_dir / "processor_config.json").is_file():
-        raise ValueError(f"{model_dir} has no processor files ({', '.join(missing)}): save the WhisperProcessor too")
+    has = {name for name in SIDECAR_FILES if (model_dir / name).is_file()}
+    if not has & {"preprocessor_config.json", "processor_config.json"} or not has & {"tokenizer.json", "vocab.json"}:
+        raise ValueError(f"{model_dir} has no processor / tokenizer files: save the WhisperProcessor too")
     # A local folder: AutoConfig / AutoTokenizer / from_pretrained read files only. low_cpu_mem_usage stays off
     # (transformers 5 loads lazily anyway); dtype comes from config.json (float32 for our folders).
     converter = TransformersConverter(str(model_dir))
@@ -215,12 +239,18 @@ class Ct2Whisper:
         fallback_dir: str | Path | None = None,
         encoder: str = "ctranslate2",
     ):
-        import ctranslate2
         import torch
         from transformers import GenerationConfig, WhisperProcessor
 
+        ctranslate2 = _ctranslate2()
         if compute_type not in COMPUTE_TYPES:
             raise ValueError(f"compute_type {compute_type!r} not supported (use one of {COMPUTE_TYPES})")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder {encoder!r} not supported (use one of {ENCODERS})")
+        if encoder == "torch" and fallback_dir is None:
+            raise ValueError(
+                "encoder='torch' runs the transformers encoder: pass fallback_dir (the transformers folder)"
+            )
         self.ct2_dir = Path(ct2_dir)
         if not (self.ct2_dir / "model.bin").is_file():
             raise ValueError(f"{self.ct2_dir} is not a CTranslate2 model folder (model.bin is missing)")
@@ -238,10 +268,6 @@ class Ct2Whisper:
         self.generation_config = GenerationConfig.from_pretrained(self.ct2_dir, local_files_only=True)
         self.multilingual = bool(getattr(self.generation_config, "is_multilingual", False))
         self._fallback = None
-        if encoder not in ENCODERS:
-            raise ValueError(f"encoder {encoder!r} not supported (use one of {ENCODERS})")
-        if encoder == "torch" and self.fallback_dir is None:
-            raise ValueError("encoder='torch' runs the transformers encoder: pass fallback_dir (the transformers folder)")
         self.encoder = encoder
 
     @classmethod
@@ -312,9 +338,9 @@ class Ct2Whisper:
 
     def _encode(self, feats: np.ndarray):
         """Encoder states of a feature batch, as a CT2 StorageView (``generate`` accepts them in place of mels)."""
-        import ctranslate2
         import torch
 
+        ctranslate2 = _ctranslate2()
         if self.encoder == "ctranslate2":
             return ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32))
         model, _ = self._transformers()

@@ -161,3 +161,34 @@ def test_multilingual_teacher_gets_language_and_task(tiny_whisper_dir, speech_cl
     model.generation_config.is_multilingual = True
     generate_tokens(model, processor, audio, max_new_tokens=4, language="de", task="translate")
     assert seen[-1]["language"] == "de" and seen[-1]["task"] == "translate"
+
+
+def test_work_key_depends_on_engine_and_ct2_compute_type(tiny_whisper_dir, prepared_speech_dir):
+    from components.label import work_key
+
+    def key(**kw):
+        return work_key(LabelSettings(**kw), tiny_whisper_dir, prepared_speech_dir)
+
+    hf, ct2 = key(engine="transformers"), key(engine="ctranslate2")
+    assert hf != ct2 and ct2 != key(engine="ctranslate2", ct2_compute_type="int8")
+    assert hf == key(engine="transformers", ct2_compute_type="int8")  # unused by transformers: same job
+
+
+@pytest.mark.slow
+def test_ctranslate2_engine_gives_the_same_labels_as_transformers(tmp_path, monkeypatch, teacher_dir,
+                                                                   prepared_speech_dir):
+    monkeypatch.chdir(tmp_path)
+    snapshots, metrics = {}, {}
+    for engine in ("transformers", "ctranslate2"):
+        cfg = LabelSettings(out_dir=tmp_path / engine, work_dir=tmp_path / "work", batch_size=4, shard_size=3,
+                            engine=engine)
+        metrics[engine] = pseudo_label(cfg, teacher_dir, prepared_speech_dir)
+        snapshots[engine] = _snapshot(tmp_path / engine)
+    assert snapshots["ctranslate2"] == snapshots["transformers"]
+    assert metrics["ctranslate2"]["work_key"] != metrics["transformers"]["work_key"]
+    assert metrics["ctranslate2"]["labelled_this_run"] == 6  # its own shards, not the transformers run's
+    protocol = metrics["ctranslate2"]["protocol"]
+    assert protocol["engine"] == "ctranslate2" and protocol["ct2_compute_type"] == "float32"
+    assert protocol["ctranslate2"] and protocol["multilingual"] is False
+    assert metrics["transformers"]["protocol"]["engine"] == "transformers"
+    assert list((tmp_path / "data" / "interim" / "ct2").iterdir()), "the converted teacher is cached"
