@@ -77,43 +77,41 @@ def _layer_norm(sd: dict, hf: str, variables: dict, ct2: str) -> None:
     sd[f"{hf}.bias"] = _np(variables, f"{ct2}/beta")
 
 
+def _self_attention_and_ffn(sd: dict, v: dict[str, np.ndarray], src: str, dst: str, d: int) -> None:
+    """The parts encoder and decoder layers share: fused Q||K||V self-attention (zero K bias dropped) + FFN."""
+    fused = f"{src}/self_attention/linear_0"
+    _linear(sd, f"{dst}.self_attn.q_proj", v, fused, slice(0, d))
+    _linear(sd, f"{dst}.self_attn.k_proj", v, fused, slice(d, 2 * d), bias=False)
+    _linear(sd, f"{dst}.self_attn.v_proj", v, fused, slice(2 * d, 3 * d))
+    _linear(sd, f"{dst}.self_attn.out_proj", v, f"{src}/self_attention/linear_1")
+    _layer_norm(sd, f"{dst}.self_attn_layer_norm", v, f"{src}/self_attention/layer_norm")
+    _linear(sd, f"{dst}.fc1", v, f"{src}/ffn/linear_0")
+    _linear(sd, f"{dst}.fc2", v, f"{src}/ffn/linear_1")
+    _layer_norm(sd, f"{dst}.final_layer_norm", v, f"{src}/ffn/layer_norm")
+
+
 def _ct2_state_dict(v: dict[str, np.ndarray], d: int, n_enc: int, n_dec: int) -> dict[str, torch.Tensor]:
     """Map CT2 variable names to HF ``WhisperForConditionalGeneration`` parameter names (notes §4)."""
     sd: dict[str, torch.Tensor] = {}
-    q, k, val = slice(0, d), slice(d, 2 * d), slice(2 * d, 3 * d)
     e, dec = "model.encoder", "model.decoder"
     for conv in ("conv1", "conv2"):
         _linear(sd, f"{e}.{conv}", v, f"encoder/{conv}")
     sd[f"{e}.embed_positions.weight"] = _np(v, "encoder/position_encodings/encodings")
     for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"{e}.layers.{i}"
-        _linear(sd, f"{dst}.self_attn.q_proj", v, f"{src}/self_attention/linear_0", q)
-        _linear(sd, f"{dst}.self_attn.k_proj", v, f"{src}/self_attention/linear_0", k, bias=False)
-        _linear(sd, f"{dst}.self_attn.v_proj", v, f"{src}/self_attention/linear_0", val)
-        _linear(sd, f"{dst}.self_attn.out_proj", v, f"{src}/self_attention/linear_1")
-        _layer_norm(sd, f"{dst}.self_attn_layer_norm", v, f"{src}/self_attention/layer_norm")
-        _linear(sd, f"{dst}.fc1", v, f"{src}/ffn/linear_0")
-        _linear(sd, f"{dst}.fc2", v, f"{src}/ffn/linear_1")
-        _layer_norm(sd, f"{dst}.final_layer_norm", v, f"{src}/ffn/layer_norm")
+        _self_attention_and_ffn(sd, v, f"encoder/layer_{i}", f"{e}.layers.{i}", d)
     _layer_norm(sd, f"{e}.layer_norm", v, "encoder/layer_norm")
 
     sd[f"{dec}.embed_tokens.weight"] = _np(v, "decoder/embeddings/weight")
     sd[f"{dec}.embed_positions.weight"] = _np(v, "decoder/position_encodings/encodings")
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        _linear(sd, f"{dst}.self_attn.q_proj", v, f"{src}/self_attention/linear_0", q)
-        _linear(sd, f"{dst}.self_attn.k_proj", v, f"{src}/self_attention/linear_0", k, bias=False)
-        _linear(sd, f"{dst}.self_attn.v_proj", v, f"{src}/self_attention/linear_0", val)
-        _linear(sd, f"{dst}.self_attn.out_proj", v, f"{src}/self_attention/linear_1")
-        _layer_norm(sd, f"{dst}.self_attn_layer_norm", v, f"{src}/self_attention/layer_norm")
+        _self_attention_and_ffn(sd, v, src, dst, d)
+        # cross-attention: CT2 fuses K||V; the zero K bias slot is dropped
         _linear(sd, f"{dst}.encoder_attn.q_proj", v, f"{src}/attention/linear_0")
         _linear(sd, f"{dst}.encoder_attn.k_proj", v, f"{src}/attention/linear_1", slice(0, d), bias=False)
         _linear(sd, f"{dst}.encoder_attn.v_proj", v, f"{src}/attention/linear_1", slice(d, 2 * d))
         _linear(sd, f"{dst}.encoder_attn.out_proj", v, f"{src}/attention/linear_2")
         _layer_norm(sd, f"{dst}.encoder_attn_layer_norm", v, f"{src}/attention/layer_norm")
-        _linear(sd, f"{dst}.fc1", v, f"{src}/ffn/linear_0")
-        _linear(sd, f"{dst}.fc2", v, f"{src}/ffn/linear_1")
-        _layer_norm(sd, f"{dst}.final_layer_norm", v, f"{src}/ffn/layer_norm")
     _layer_norm(sd, f"{dec}.layer_norm", v, "decoder/layer_norm")
     return sd
 
