@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +10,12 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def hardware() -> dict[str, Any]:
+    """The evaluation stage's hardware description plus the torch version."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+    from components.speed import hardware as eval_hardware
+
+    return {**eval_hardware(), "torch": torch.__version__}
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

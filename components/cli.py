@@ -162,6 +162,102 @@ def stage_train() -> None:
     _run_stage("train", distill, cfg.train, cfg.teacher.out_dir, cfg.label.out_dir)
 
 
+@stage_app.command("evaluate")
+def stage_evaluate() -> None:
+    """DVC stage `evaluate`: teacher, student and exports on every test set; speed; report and plots."""
+    cfg = settings()
+    from components.evaluate import run_evaluate
+
+    _run_stage("evaluate", run_evaluate, cfg.evaluate, cfg.teacher.out_dir, cfg.train.out_dir, cfg.prepare.out_dir)
+
+
+def _gate() -> None:
+    cfg = settings()
+    from components.gate import run_gate
+
+    decision: dict[str, Any] = {}
+    _run_stage("gate", lambda g: decision.update(run_gate(g)) or decision, cfg.gate)
+    if not decision.get("passed"):
+        console.print(f"[yellow]gate: {cfg.gate.candidate} blocked ({len(decision.get('reasons', []))} reasons)[/]")
+        if cfg.gate.fail_on_block:
+            fail("gate: blocked and gate.fail_on_block is true", code=1)
+
+
+@app.command("gate")
+def gate() -> None:
+    """Promotion gate on metrics/eval.json -> metrics/gate.json (exit 1 when blocked only if gate.fail_on_block)."""
+    _gate()
+
+
+@stage_app.command("gate")
+def stage_gate() -> None:
+    """DVC stage `gate`: same as `askd gate`."""
+    _gate()
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    manifest: Annotated[Path, typer.Option(help="CSV with audio,text columns (audio paths relative to the CSV).")],
+    model: Annotated[list[Path], typer.Option(help="model folder: transformers, torch_int8 or CT2 export (repeatable).")],
+    out: Annotated[Path, typer.Option(help="JSON file to write.")],
+) -> None:
+    """Evaluate one or more models on a manifest with the `evaluate` decode settings (WER, CER, hallucination)."""
+    cfg = settings()
+    from components.evaluate import evaluate_manifest
+
+    _run_stage("evaluate", evaluate_manifest, cfg.evaluate, manifest, list(model), out)
+
+
+@app.command("transcribe")
+def transcribe_cmd(
+    audio: Annotated[list[Path], typer.Argument(help="audio files (any format FFmpeg/libsndfile decodes).")],
+    model: Annotated[Path, typer.Option(help="model folder: transformers, torch_int8 or CT2 export.")],
+) -> None:
+    """Print `path<TAB>transcript` per audio file (greedy; long clips decoded in chunks)."""
+    cfg = settings()
+    from components.audio import AudioDecodeError
+    from components.evaluate import transcribe_files
+
+    try:
+        pairs = transcribe_files(cfg.evaluate, model, list(audio))
+    except (FileNotFoundError, ValueError, OSError, AudioDecodeError) as err:
+        if os.environ.get("ASKD_DEBUG"):
+            raise
+        fail(f"transcribe: {err} (set ASKD_DEBUG=1 for a traceback)")
+    for path, text in pairs:
+        typer.echo(f"{path}\t{text}")
+
+
+@app.command("summary")
+def summary(
+    metrics_dir: Annotated[Path, typer.Option(help="folder of the stages' metrics JSON.")] = Path("metrics"),
+) -> None:
+    """Print the headline figures of every stage that has run (from metrics/*.json)."""
+    from rich.table import Table
+
+    rows = [
+        ("teacher", "params", "params"),
+        ("synth", "clips", "clips"), ("synth", "seconds", "seconds"),
+        ("prepare", "n_kept", "clips kept"), ("prepare", "n_skipped", "clips skipped"),
+        ("prepare", "hours_total", "hours"),
+        ("label", "kept", "clips kept"), ("label", "clips_per_s", "clips/s"), ("label", "seconds", "seconds"),
+        ("train", "best_val_wer_percent", "student val WER %"), ("train", "teacher_val_wer_percent", "teacher val WER %"),
+        ("train", "best_step", "best step"), ("train", "seconds", "seconds"),
+    ]
+    table = Table(title="whisper-askd: latest run")
+    for col in ("stage", "figure", "value"):
+        table.add_column(col)
+    for stage, key, label in rows:
+        path = metrics_dir / f"{stage}.json"
+        if path.is_file():
+            value = json.loads(path.read_text()).get(key)
+            if isinstance(value, dict):  # per-split counts: show the total and the split
+                value = f"{sum(value.values())} ({', '.join(f'{k} {v}' for k, v in value.items())})"
+            if value is not None:
+                table.add_row(stage, label, str(value))
+    Console().print(table)
+
+
 def main() -> None:
     """Console-script entry point. Never reaches for a model/data hub: everything is local."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -245,6 +245,53 @@ class TrainSettings(_Section):
     log_every_steps: int = Field(1, ge=1)
 
 
+class EvalSettings(_Section):
+    """Stage `evaluate` (components/evaluate.py, speed.py, report.py): every form, same decode settings."""
+
+    sets: tuple[str, ...] = Field(("test", "test_ood", "test_longform"), description="prepared test splits")
+    batch_size: int = Field(16, ge=1, description="decode batch size (length-sorted)")
+    num_beams: int = Field(1, ge=1)
+    max_new_tokens: int = Field(128, ge=1, le=444, description="per window (long-form: per chunk)")
+    max_clips: int | None = Field(None, ge=1, description="first N clips per set (smoke runs)")
+    longform_stride_fraction: float = Field(
+        1 / 6, gt=0, lt=0.5, description="chunked long-form: stride each side as a share of the window (pipeline)"
+    )
+    repetition_threshold: float = Field(0.3, gt=0, le=1, description="hallucination proxy: repeated 3-gram share")
+    max_tokens_per_s: float = Field(12.0, gt=0, description="hallucination proxy: implausible token rate")
+    exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8"], ...] = Field(
+        ("torch_int8", "ct2_int8"), description="exports evaluated like the models (each of export_models)"
+    )
+    export_models: tuple[Literal["teacher", "student"], ...] = ("student",)
+    exports_dir: Path = Field(Path("models/exports"), description="export folders <model>-<export>")
+    ct2_encoder: Literal["ctranslate2", "torch"] = Field(
+        "ctranslate2", description="who runs a CT2 export's encoder (ctranslate2 = the export alone)"
+    )
+    speed_set: str = "test"
+    speed_clips: int = Field(8, ge=0, description="0 = no speed measurement")
+    speed_batch_size: int = Field(8, ge=1, description="serving batch size (batch 1 is always measured)")
+    speed_rounds: int = Field(2, ge=1, description="interleaved rounds; the minimum is kept")
+    speed_protocols: tuple[Literal["natural", "fixed"], ...] = ("natural", "fixed")
+    reports_dir: Path = Path("reports")
+
+
+class GateSettings(_Section):
+    """`askd gate`: promotion thresholds checked against metrics/eval.json; writes metrics/gate.json."""
+
+    candidate: str = Field("student", description="the form to promote (a key of eval.json forms)")
+    reference: str = "teacher"
+    max_wer_delta_points: dict[str, float] = Field(
+        default_factory=lambda: {"test": 2.0, "test_ood": 3.0, "test_longform": 5.0},
+        description="candidate WER - reference WER, percentage points, per set (a missing set fails)",
+    )
+    min_speedup: float = Field(1.5, gt=0, description="reference seconds / candidate seconds")
+    speedup_measure: str = Field(
+        "natural_b1", pattern=r"^(natural|fixed)_b[0-9]+$", description="<natural|fixed>_b<batch> of the speed section"
+    )
+    max_hallucination_rate: float = Field(5.0, ge=0, description="percent of clips, every set")
+    fail_on_block: bool = Field(False, description="exit non-zero on a failed gate (default: only gate.json says so)")
+    eval_metrics: Path = Path("metrics/eval.json")
+
+
 class Settings(BaseSettings):
     """The whole pipeline's settings; mirrors ``params.yaml`` section by section."""
 
@@ -259,6 +306,8 @@ class Settings(BaseSettings):
     prepare: PrepareSettings = PrepareSettings()
     label: LabelSettings = LabelSettings()
     train: TrainSettings = TrainSettings()
+    evaluate: EvalSettings = EvalSettings()
+    gate: GateSettings = GateSettings()
     presets: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 

@@ -35,6 +35,22 @@ BAD_SHORT_DURATION_S = 0.1
 LOW_RATE_HZ = 8_000
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_outputs_untouched():
+    """Tests must never write into the checkout's metrics/ or reports/ (stages write relative to the CWD)."""
+
+    def snapshot():
+        return {p: p.stat().st_mtime_ns for d in ("metrics", "reports") for p in (REPO_ROOT / d).glob("*")}
+
+    before = snapshot()
+    yield
+    changed = sorted(str(p.relative_to(REPO_ROOT)) for p, t in snapshot().items() if before.get(p) != t)
+    assert not changed, f"tests wrote into the checkout: {changed}"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

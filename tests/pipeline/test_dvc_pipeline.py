@@ -17,7 +17,12 @@ TINY = {
     "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
               "longform_min_s": 6.0, "longform_max_s": 9.0, "workers": 1},
     "label": {"wer_threshold_percent": 100.0, "max_new_tokens": 64, "shard_size": 4},
+    "train": {"optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "lr": 0.0003},
+              "eval_every_steps": 2, "eval_max_clips": 2, "save_every_steps": 2, "early_stopping_patience": None},
+    "evaluate": {"max_new_tokens": 48, "exports": ["torch_int8"], "speed_clips": 1, "speed_rounds": 1,
+                 "speed_protocols": ["natural"]},
 }
+STAGES = ("teacher", "synth", "prepare", "label", "train", "evaluate", "gate")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -36,7 +41,8 @@ def project(tmp_path) -> tuple[Path, dict[str, str]]:
     shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in TINY.items():
-        params[section].update(values)
+        for key, value in values.items():
+            params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
@@ -54,16 +60,20 @@ def test_repro_runs_the_chain_then_is_a_noop(project):
     root, env = project
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], root, env)
-    for stage in ("teacher", "synth", "prepare", "label"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) >= {"teacher", "synth", "prepare", "label"}
+    assert set(lock["stages"]) == set(STAGES)
 
     prepare = json.loads((root / "metrics" / "prepare.json").read_text())
     assert prepare["split_sizes"] == {"train": 4, "validation": 2, "test": 2, "test_ood": 2, "test_longform": 1}
     label = json.loads((root / "metrics" / "label.json").read_text())
     assert label["splits"]["train"]["labelled"] == 4 and label["splits"]["validation"]["labelled"] == 2
     assert (root / "models" / "teacher" / "config.json").is_file()
+    assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4
+    evaluation = json.loads((root / "metrics" / "eval.json").read_text())
+    assert evaluation and (root / "reports" / "evaluation.md").is_file()
+    assert "passed" in json.loads((root / "metrics" / "gate.json").read_text())
 
     second = _run([*dvc, "repro"], root, env)
     assert "Running stage" not in second.stdout
@@ -78,3 +88,5 @@ def test_repro_runs_the_chain_then_is_a_noop(project):
     third = _run([*dvc, "repro"], root, env)
     assert "Running stage 'label'" in third.stdout
     assert not any(f"Running stage '{s}'" in third.stdout for s in ("teacher", "synth", "prepare"))
+    if "Running stage 'train'" not in third.stdout:  # labels unchanged (threshold 100 -> 50 kept the same clips)
+        assert "Running stage 'evaluate'" not in third.stdout

@@ -1,0 +1,434 @@
+"""Stage `evaluate`: teacher, student and their exports on every test set, in one run, same decode settings.
+
+Forms (:class:`components.speed.Form`): a transformers Whisper folder, a torch dynamic-int8 export of one (``torch_int8``:
+``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``, ``proj_out`` included), or a CTranslate2
+export (``ct2_float32`` / ``ct2_int8``, :mod:`components.ct2_runtime`; works for the 10 s student too).
+Exports are written under ``exports_dir/<model>-<export>/`` and can be loaded back with :func:`load_form`.
+
+Decoding: greedy (``num_beams``), ``max_new_tokens``, ``batch_size``, no timestamps, the same for every form.
+Long-form: **chunked**, the algorithm of transformers' ASR pipeline with ``chunk_length_s`` = the form's own
+window and ``stride_length_s`` = window / 6 on each side (its default): a clip longer than the window is cut into
+overlapping windows, every window is decoded short-form (batched with the other clips), and the windows' tokens
+are merged by the longest common sequence (``_find_longest_common_sequence`` of transformers' Whisper tokenizer,
+what the pipeline uses without timestamps). Chosen over sequential long-form because the student was trained
+without timestamp tokens, which sequential decoding needs, and because it runs on every backend (CT2 included).
+The 30 s teacher decodes the 20-28 s clips in one window; the 10 s student in 3-4 windows.
+
+Metrics per set (corpus level, percent, text normalised by Whisper's English normaliser, components.text):
+``wer``, ``cer``, ``insertion_rate`` (inserted words / reference words), ``empty_rate`` (clips whose normalised
+output has no word), ``repeated_ngram_rate`` (clips whose output repeats more than ``repetition_threshold`` of
+its word 3-grams, components.label_filter), ``hallucination_rate`` (clips that loop by that measure or emit more
+than ``max_tokens_per_s`` tokens per second of audio).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.label_filter import repeated_ngram_fraction
+from components.speed import Form, chunk_spans, merge_chunk_tokens  # noqa: F401  (re-exported)
+from components.text import cer, normalize, wer
+from components.whisper_io import SAMPLE_RATE_HZ, load_whisper
+
+NORMALISER = "transformers EnglishTextNormalizer (Whisper), empty spelling table (components.text)"
+LONGFORM = "chunked: window = the form's encoder window, stride = window/6 each side, LCS token merge (ASR pipeline)"
+EXPORT_MANIFEST = "askd_export.json"
+INT8_STATE_FILE = "model_int8.pt"
+EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8")
+PERCENT = 100.0
+
+
+class ManifestError(ValueError):
+    """A manifest with missing or undecodable audio; the message lists every bad row."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics
+
+
+def insertion_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Inserted words per reference word, in percent (normalised text; empty references: all words inserted)."""
+    import jiwer
+
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
+    total = sum(len(r.split()) for r in refs)
+    inserted = sum(len(h.split()) for r, h in zip(refs, hyps, strict=True) if not r)
+    kept = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
+    if kept:
+        inserted += jiwer.process_words([r for r, _ in kept], [h for _, h in kept]).insertions
+    if total == 0:
+        return 0.0 if inserted == 0 else float("inf")
+    return PERCENT * inserted / total
+
+
+def has_words(text: str) -> bool:
+    """True when the normalised text holds a letter or digit (the normaliser may leave a lone '.')."""
+    return any(ch.isalnum() for ch in normalize(text))
+
+
+def empty_rate(hypotheses: list[str]) -> float:
+    """Share of outputs (percent) with no word after normalisation."""
+    if not hypotheses:
+        return 0.0
+    return PERCENT * sum(not has_words(h) for h in hypotheses) / len(hypotheses)
+
+
+def repeated_ngram_rate(hypotheses: list[str], threshold: float = 0.3) -> float:
+    """Share of outputs (percent) whose repeated word 3-gram fraction exceeds ``threshold``."""
+    if not hypotheses:
+        return 0.0
+    return PERCENT * sum(repeated_ngram_fraction(normalize(h)) > threshold for h in hypotheses) / len(hypotheses)
+
+
+def hallucination_flags(
+    hypotheses: list[str], token_counts: list[int], durations_s: list[float], *,
+    repetition_threshold: float = 0.3, max_tokens_per_s: float = 12.0,
+) -> list[bool]:
+    """Per clip: the output loops (repeated 3-grams) or has an implausible token rate."""
+    return [
+        repeated_ngram_fraction(normalize(h)) > repetition_threshold or (d > 0 and n / d > max_tokens_per_s)
+        for h, n, d in zip(hypotheses, token_counts, durations_s, strict=True)
+    ]
+
+
+def set_metrics(
+    references: list[str], hypotheses: list[str], token_counts: list[int], durations_s: list[float], *,
+    repetition_threshold: float = 0.3, max_tokens_per_s: float = 12.0,
+) -> dict[str, Any]:
+    """Every metric of one (form, set) pair; rates in percent, rounded to 3 decimals."""
+    flags = hallucination_flags(hypotheses, token_counts, durations_s, repetition_threshold=repetition_threshold,
+                                max_tokens_per_s=max_tokens_per_s)
+    n = len(hypotheses)
+    out = {
+        "wer": wer(references, hypotheses),
+        "cer": cer(references, hypotheses),
+        "insertion_rate": insertion_rate(references, hypotheses),
+        "empty_rate": empty_rate(hypotheses),
+        "repeated_ngram_rate": repeated_ngram_rate(hypotheses, repetition_threshold),
+        "hallucination_rate": PERCENT * sum(flags) / n if n else 0.0,
+        "clips": n,
+        "audio_s": float(sum(durations_s)),
+        "tokens": int(sum(token_counts)),
+    }
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def folder_bytes(path: Path, patterns=("*.safetensors", "*.bin", "*.pt")) -> int:
+    return int(sum(p.stat().st_size for pat in patterns for p in Path(path).glob(pat)))
+
+
+def _count_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def quantize_int8(model):
+    """A dynamic-int8 copy of a torch Whisper (every ``nn.Linear``, ``proj_out`` included); eval mode."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13: quantize_dynamic is deprecated (migrate to torchao)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
+def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
+    """Write ``out_dir``: the int8 state dict, config, generation config and processor of ``model_dir``."""
+    import torch
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model, processor = load_whisper(model_dir)
+    qmodel = quantize_int8(model)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    torch.save(qmodel.state_dict(), out_dir / INT8_STATE_FILE)
+    model.config.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    manifest = {"format": "torch_int8", "source": str(model_dir), "params": _count_params(model),
+                "quantization": "torch.ao.quantization.quantize_dynamic(nn.Linear, qint8)", "torch": torch.__version__}
+    (out_dir / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def _load_torch_int8(path: Path):
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    config = WhisperConfig.from_pretrained(path, local_files_only=True)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
+    params = _count_params(model)
+    qmodel = quantize_int8(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TypedStorage / quantized-tensor deprecation notes inside torch.load
+        qmodel.load_state_dict(torch.load(path / INT8_STATE_FILE, weights_only=True))
+    processor = WhisperProcessor.from_pretrained(path, local_files_only=True)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return qmodel, processor, params
+
+
+def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "ctranslate2",
+              fallback_dir: str | Path | None = None) -> Form:
+    """A :class:`Form` from a transformers Whisper folder, a torch_int8 export or a CTranslate2 export."""
+    path = Path(path)
+    name = name or path.name
+    if (path / EXPORT_MANIFEST).is_file():
+        model, processor, params = _load_torch_int8(path)
+        return Form(name, "torch_int8", path, processor, model=model, params=params, bytes=folder_bytes(path))
+    if (path / "model.bin").is_file():
+        from components.ct2_runtime import MANIFEST_FILE, Ct2Whisper
+
+        manifest_file = path / MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+        compute = manifest.get("quantization", "float32")
+        encoder = ct2_encoder if fallback_dir is not None else "ctranslate2"
+        engine = Ct2Whisper(path, compute_type=compute, fallback_dir=fallback_dir, encoder=encoder)
+        params = int(manifest.get("params", 0))
+        return Form(name, f"ct2_{compute}", path, engine.processor, engine=engine, params=params,
+                    bytes=folder_bytes(path, ("model.bin",)), info={"ct2_encoder": encoder})
+    model, processor = load_whisper(path)
+    return Form(name, "transformers", path, processor, model=model, params=_count_params(model),
+                bytes=folder_bytes(path))
+
+
+def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ctranslate2") -> Form:
+    """Export ``base`` (a transformers form) as ``kind`` into ``exports_dir/<name>-<kind>`` and load it."""
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"unknown export {kind!r} (use one of {EXPORT_KINDS})")
+    out = Path(exports_dir) / f"{base.name}-{kind}"
+    if kind == "torch_int8":
+        export_torch_int8(base.path, out)
+    else:
+        from components.ct2_runtime import export_ct2
+
+        export_ct2(base.path, out, quantization=None if kind == "ct2_float32" else "int8")
+    form = load_form(out, f"{base.name}_{kind}", ct2_encoder=ct2_encoder, fallback_dir=base.path)
+    form.params = form.params or base.params
+    return form
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class EvalSet:
+    name: str
+    ids: list[str]
+    audios: list[np.ndarray]
+    references: list[str]
+
+    @property
+    def durations_s(self) -> list[float]:
+        return [len(a) / SAMPLE_RATE_HZ for a in self.audios]
+
+
+def load_prepared_sets(prepared_dir: Path, names, max_clips: int | None = None) -> tuple[list[EvalSet], list[str]]:
+    """The test sets of a prepared dataset (clips with a transcript); also the names it lacks (or has empty)."""
+    import datasets
+
+    from components.audio import dataset_audio_arrays
+
+    prepared_dir = Path(prepared_dir)
+    if not (prepared_dir / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"no prepared dataset at '{prepared_dir}' (run the prepare stage first)")
+    dd = datasets.load_from_disk(str(prepared_dir))
+    sets, missing = [], []
+    for name in names:
+        if name not in dd:
+            missing.append(name)
+            continue
+        ds = dd[name].filter(lambda has: bool(has), input_columns="has_text", keep_in_memory=True)
+        if len(ds) == 0:  # prepare saves every split name, some empty; audio-only clips cannot be scored
+            missing.append(name)
+            continue
+        if max_clips is not None:
+            ds = ds.select(range(min(max_clips, len(ds))))
+        sets.append(EvalSet(name, list(ds["id"]), dataset_audio_arrays(ds), list(ds["text"])))
+    return sets, missing
+
+
+def load_manifest(path: str | Path) -> EvalSet:
+    """A CSV with ``audio`` and ``text`` columns (audio paths relative to the CSV) as one :class:`EvalSet`.
+
+    Every missing, empty, corrupt or zero-length file is collected; if any, one :class:`ManifestError`
+    lists them all (row number, path, reason).
+    """
+    from components.audio import AudioDecodeError, decode_audio
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        if "audio" not in columns or "text" not in columns:
+            raise ManifestError(f"manifest {path} needs 'audio' and 'text' columns (has: {', '.join(columns)})")
+        rows = list(reader)
+    if not rows:
+        raise ManifestError(f"manifest {path} has no rows")
+    ids, audios, refs, bad = [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        audio_path = path.parent / (row["audio"] or "").strip()
+        try:
+            audio, _ = decode_audio(audio_path)
+            if audio.size == 0:
+                raise AudioDecodeError("zero_length", "no samples")
+        except FileNotFoundError:
+            bad.append(f"line {line}: {row['audio']}: missing ({audio_path})")
+            continue
+        except AudioDecodeError as err:
+            bad.append(f"line {line}: {row['audio']}: {err}")
+            continue
+        ids.append(row.get("id") or row["audio"])
+        audios.append(audio)
+        refs.append(row["text"] or "")
+    if bad:
+        raise ManifestError(f"manifest {path}: {len(bad)} of {len(rows)} audio files are missing or corrupt:\n"
+                            + "\n".join(bad))
+    return EvalSet(path.stem, ids, audios, refs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_form(form: Form, sets: list[EvalSet], cfg) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics per set for one form, plus per-clip prediction rows."""
+    metrics, rows = {}, []
+    for s in sets:
+        started = time.perf_counter()
+        outs = form.decode(s.audios, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                           num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction)
+        seconds = time.perf_counter() - started
+        hyps, counts = [o[1] for o in outs], [len(o[0]) for o in outs]
+        m = set_metrics(s.references, hyps, counts, s.durations_s, repetition_threshold=cfg.repetition_threshold,
+                        max_tokens_per_s=cfg.max_tokens_per_s)
+        m["decode_seconds"] = round(seconds, 2)
+        m["chunked_clips"] = sum(o[2] > 1 for o in outs)
+        metrics[s.name] = m
+        for clip_id, ref, (ids, hyp, windows) in zip(s.ids, s.references, outs, strict=True):
+            rows.append({"form": form.name, "set": s.name, "id": clip_id, "reference": ref, "hypothesis": hyp,
+                         "wer": round(wer([ref], [hyp]), 2) if has_words(ref) else "", "tokens": len(ids),
+                         "windows": windows})
+    return metrics, rows
+
+
+def form_summary(form: Form) -> dict[str, Any]:
+    return {"kind": form.kind, "path": str(form.path) if form.path else None, "params": form.params,
+            "bytes": form.bytes, "window_s": round(form.window_samples / SAMPLE_RATE_HZ, 2), **form.info}
+
+
+def protocol(cfg, forms: list[Form]) -> dict[str, Any]:
+    from components.speed import hardware, package_versions
+
+    return {
+        "normaliser": NORMALISER,
+        "decode": {"num_beams": cfg.num_beams, "do_sample": False, "max_new_tokens": cfg.max_new_tokens,
+                   "batch_size": cfg.batch_size, "return_timestamps": False, "length_sorted": True},
+        "longform": LONGFORM,
+        "longform_stride_fraction": cfg.longform_stride_fraction,
+        "hallucination": {"repetition_threshold": cfg.repetition_threshold, "ngram": 3,
+                          "max_tokens_per_s": cfg.max_tokens_per_s},
+        "windows_s": {f.name: round(f.window_samples / SAMPLE_RATE_HZ, 2) for f in forms},
+        "hardware": hardware(),
+        "packages": package_versions(),
+    }
+
+
+def build_forms(cfg, models: dict[str, Path]) -> tuple[list[Form], dict[str, str]]:
+    """Base forms plus the exports of ``cfg.exports`` for ``cfg.export_models``; export status per export."""
+    forms = [load_form(p, name) for name, p in models.items()]
+    status: dict[str, str] = {}
+    exports_dir = Path(cfg.exports_dir)
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    for stale in exports_dir.glob("*-*"):  # exports of an earlier run (another `exports` list) must not linger
+        if stale.is_dir() and stale.name.rsplit("-", 1)[-1] in EXPORT_KINDS:
+            shutil.rmtree(stale)
+    for base in [f for f in forms if f.name in cfg.export_models]:
+        for kind in cfg.exports:
+            key = f"{base.name}_{kind}"
+            try:
+                forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder))
+                status[key] = "ok"
+            except (ImportError, ValueError, RuntimeError, OSError) as err:
+                status[key] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    (exports_dir / "exports.json").write_text(json.dumps(status, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return forms, status
+
+
+def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path) -> dict[str, Any]:
+    """The DVC stage: evaluate, measure speed, write metrics/eval.json, the report and the plots."""
+    from components.artifacts import write_metrics
+    from components.report import write_predictions, write_report
+    from components.speed import measure_speed, speed_sample
+
+    started = time.perf_counter()
+    sets, missing = load_prepared_sets(prepared_dir, cfg.sets, cfg.max_clips)
+    if not sets:
+        raise ValueError(f"none of the evaluate.sets {list(cfg.sets)} is in the prepared dataset '{prepared_dir}'")
+    forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)})
+    results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status}
+    rows: list[dict[str, Any]] = []
+    for form in forms:
+        per_set, form_rows = evaluate_form(form, sets, cfg)
+        results["forms"][form.name] = {**form_summary(form), "sets": per_set}
+        rows += form_rows
+    teacher_sets = results["forms"]["teacher"]["sets"]
+    results["wer_delta_points"] = {
+        name: {s: round(f["sets"][s]["wer"] - teacher_sets[s]["wer"], 3) for s in teacher_sets}
+        for name, f in results["forms"].items() if name != "teacher"
+    }
+    by_name = {s.name: s for s in sets}
+    if cfg.speed_clips > 0 and cfg.speed_set in by_name:
+        audios = speed_sample(by_name[cfg.speed_set].audios, cfg.speed_clips, min(f.window_samples for f in forms))
+        results["speed"] = measure_speed(forms, audios, cfg, reference="teacher")
+    results["protocol"] = protocol(cfg, forms)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    reports_dir = Path(cfg.reports_dir)
+    write_predictions(reports_dir / "eval_predictions.csv", rows)
+    write_report(results, reports_dir)
+    write_metrics("eval", results)
+    return {"wer": {n: {s: m["wer"] for s, m in f["sets"].items()} for n, f in results["forms"].items()},
+            "speedup": results.get("speed", {}).get("speedup"), "exports": export_status,
+            "missing_sets": missing, "seconds": results["seconds"]}
+
+
+def evaluate_manifest(cfg, manifest: Path, model_paths: list[Path], out: Path) -> dict[str, Any]:
+    """``askd evaluate``: every model on one CSV manifest, same decode settings; writes ``out`` (JSON)."""
+    from components.artifacts import write_json_atomic
+
+    eval_set = load_manifest(manifest)
+    forms = [load_form(p, p.name if list(model_paths).count(p) == 1 else f"{p.name}_{i}")
+             for i, p in enumerate(model_paths)]
+    result: dict[str, Any] = {"manifest": str(manifest), "forms": {}}
+    for form in forms:
+        per_set, rows = evaluate_form(form, [eval_set], cfg)
+        result["forms"][form.name] = {**form_summary(form), "metrics": per_set[eval_set.name],
+                                      "predictions": [{k: r[k] for k in ("id", "reference", "hypothesis")}
+                                                      for r in rows]}
+    result["protocol"] = protocol(cfg, forms)
+    write_json_atomic(out, result)
+    return {name: f["metrics"] for name, f in result["forms"].items()}
+
+
+def transcribe_files(cfg, model_path: Path, audio_paths: list[Path]) -> list[tuple[str, str]]:
+    """``askd transcribe``: ``(path, text)`` per audio file (any length: chunked long-form)."""
+    from components.audio import decode_audio
+
+    form = load_form(model_path)
+    audios = [decode_audio(p)[0] for p in audio_paths]
+    outs = form.decode(audios, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                       num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction)
+    return [(str(p), text) for p, (_, text, _) in zip(audio_paths, outs, strict=True)]

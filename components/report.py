@@ -1,0 +1,197 @@
+"""The evaluation report: ``reports/evaluation.md`` (tables), two PNG plots and the per-clip predictions CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+WER_PLOT = "eval_wer.png"
+SCATTER_PLOT = "eval_wer_vs_speed.png"
+REPORT = "evaluation.md"
+PREDICTIONS_FIELDS = ("form", "set", "id", "reference", "hypothesis", "wer", "tokens", "windows")
+MB = 1_000_000
+
+
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(PREDICTIONS_FIELDS))
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in PREDICTIONS_FIELDS} for r in rows)
+    os.replace(tmp, path)
+    return path
+
+
+def _sets(results: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for form in results["forms"].values():
+        names += [s for s in form["sets"] if s not in names]
+    return names
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def plot_wer(results: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: WER per set, one bar per form."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets, forms = _sets(results), list(results["forms"])
+    width = 0.8 / max(len(forms), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sets) * max(len(forms), 2) / 2), 4))
+    for k, name in enumerate(forms):
+        values = [results["forms"][name]["sets"].get(s, {}).get("wer", float("nan")) for s in sets]
+        xs = [i + (k - (len(forms) - 1) / 2) * width for i in range(len(sets))]
+        bars = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(sets)), sets)
+    ax.set_ylabel("WER (%)")
+    ax.set_title("WER per test set (greedy, same decode settings)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_wer_vs_speed(results: dict[str, Any], path: Path, measure: str = "natural_b1") -> Path:
+    """One point per (form, set): x = speed-up over the teacher (interleaved), y = WER."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speedup = (results.get("speed") or {}).get("speedup") or {}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = "osD^v<>"
+    for j, set_name in enumerate(_sets(results)):
+        xs, ys, labels = [], [], []
+        for name, form in results["forms"].items():
+            x = 1.0 if name == "teacher" else speedup.get(name, {}).get(measure)
+            if x is None or set_name not in form["sets"]:
+                continue
+            xs.append(x)
+            ys.append(form["sets"][set_name]["wer"])
+            labels.append(name)
+        ax.scatter(xs, ys, marker=markers[j % len(markers)], label=set_name)
+        for x, y, label in zip(xs, ys, labels, strict=True):
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"speed-up over the teacher ({measure}, interleaved min)")
+    ax.set_ylabel("WER (%)")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_title("WER vs speed, every form")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _speed_lines(speed: dict[str, Any]) -> list[str]:
+    proto = speed["protocol"]
+    bn = max(proto["batch_sizes"])
+    keys = [f"{p}_b{b}" for p in proto["protocols"] for b in proto["batch_sizes"]]
+    sample = speed["sample"]
+    lines = [f"Sample: {sample['clips']} clips of `{sample['set']}` ({sample['audio_s']} s of audio; the teacher "
+             f"emits {sample['reference_tokens']} tokens), {proto['rounds']} interleaved rounds (rotating order), "
+             f"min per form. `natural`: each form stops at its own end token; `fixed`: every form decodes exactly "
+             f"the teacher's token count (min_new_tokens = max_new_tokens). Batch sizes {proto['batch_sizes']}.", ""]
+    header = ["form", "latency b1 (s/clip)", f"latency b{bn} (s/clip)", "RTF b1", "tokens/s b1"]
+    header += [f"speed-up {k}" for k in keys] + ["params (M)", "weights (MB)"]
+    rows = []
+    for name, per in speed["forms"].items():
+        size = speed.get("size", {}).get(name, {})
+        ups = speed["speedup"].get(name, {})
+        rows.append([name, per.get("natural_b1", {}).get("latency_s"), per.get(f"natural_b{bn}", {}).get("latency_s"),
+                     per.get("natural_b1", {}).get("rtf"), per.get("natural_b1", {}).get("tokens_per_s")]
+                    + [1.0 if name == proto["reference"] else ups.get(k) for k in keys]
+                    + [size.get("params", 0) / 1e6, size.get("bytes", 0) / MB])
+    return lines + _table(header, rows)
+
+
+def _findings(results: dict[str, Any], measure: str = "natural_b1", flag_rate: float = 5.0) -> list[str]:
+    """One bullet per non-teacher form: WER deltas, speed-up, sets where it hallucinates."""
+    out = []
+    speedup = (results.get("speed") or {}).get("speedup") or {}
+    for name, deltas in (results.get("wer_delta_points") or {}).items():
+        sets = results["forms"][name]["sets"]
+        parts = [", ".join(f"{s} {sets[s]['wer']:.1f} % ({d:+.1f} points)" for s, d in deltas.items())]
+        ups = speedup.get(name, {})
+        if ups:
+            parts.append("speed-up " + ", ".join(f"{k} {v:.2f}x" for k, v in ups.items()))
+        bad = [f"{s} ({m['hallucination_rate']:.0f} % of clips)" for s, m in sets.items()
+               if m["hallucination_rate"] > flag_rate]
+        if bad:
+            parts.append("loops / over-long outputs on " + ", ".join(bad))
+        out.append(f"* **{name}** vs teacher: " + "; ".join(parts) + ".")
+    failed = [k for k, v in (results.get("exports") or {}).items() if v != "ok"]
+    if failed:
+        out.append(f"* Exports that failed (not evaluated): {', '.join(failed)} (see Exports below).")
+    return out or ["* only the teacher was evaluated."]
+
+
+def write_report(results: dict[str, Any], reports_dir: Path) -> list[Path]:
+    """Write ``evaluation.md`` and the two PNGs into ``reports_dir``; returns the paths."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    sets, forms = _sets(results), results["forms"]
+    proto = results["protocol"]
+    dec = proto["decode"]
+    lines = ["# Evaluation: teacher vs student (and exports)", "",
+             "Generated by `askd stage evaluate` (components/evaluate.py); numbers in `metrics/eval.json`, "
+             "per-clip outputs in `reports/eval_predictions.csv`.", "",
+             f"Protocol: greedy (num_beams={dec['num_beams']}), max_new_tokens={dec['max_new_tokens']} per window, "
+             f"batch {dec['batch_size']} (length-sorted), no timestamps, identical for every form. Text normaliser: "
+             f"{proto['normaliser']}. Long-form: {proto['longform']}. Hardware: {proto['hardware']['cpu']}, "
+             f"{proto['hardware']['torch_threads']} torch threads; packages: "
+             + ", ".join(f"{k} {v}" for k, v in proto["packages"].items() if v) + ".", ""]
+    if results.get("missing_sets"):
+        lines += [f"**Missing test sets** (not in the prepared dataset): {', '.join(results['missing_sets'])}.", ""]
+    lines += ["## Summary", ""] + _findings(results) + ["", "## WER / CER per test set (%)", ""]
+    header = ["form", "kind", "window (s)"] + [f"{s} WER" for s in sets] + [f"{s} CER" for s in sets]
+    rows = [[name, f["kind"], f["window_s"]] + [f["sets"].get(s, {}).get("wer") for s in sets]
+            + [f["sets"].get(s, {}).get("cer") for s in sets] for name, f in forms.items()]
+    lines += _table(header, rows)
+    if results.get("wer_delta_points"):
+        lines += ["WER difference to the teacher (percentage points):", ""]
+        lines += _table(["form"] + sets, [[n] + [d.get(s) for s in sets] for n, d in results["wer_delta_points"].items()])
+    lines += ["## Hallucination proxies per set (% )", "",
+              "insertion = inserted words / reference words; empty = clips with no word; repeated = clips repeating "
+              f"more than {proto['hallucination']['repetition_threshold']:.0%} of their word 3-grams; hallucination = "
+              f"repeated or more than {proto['hallucination']['max_tokens_per_s']} tokens/s.", ""]
+    header = ["form", "set", "clips", "chunked", "insertion", "empty", "repeated 3-grams", "hallucination"]
+    rows = [[name, s, m["clips"], m.get("chunked_clips"), m["insertion_rate"], m["empty_rate"],
+             m["repeated_ngram_rate"], m["hallucination_rate"]] for name, f in forms.items() for s, m in f["sets"].items()]
+    lines += _table(header, rows)
+    if results.get("speed"):
+        lines += ["## Speed (CPU, interleaved in one run)", ""] + _speed_lines(results["speed"])
+    lines += ["## Exports", ""]
+    for key, status in (results.get("exports") or {}).items():
+        lines.append(f"* `{key}`: {status}")
+    if not results.get("exports"):
+        lines.append("* none requested (`evaluate.exports`)")
+    lines += ["", "## Plots", "", f"![WER per set]({WER_PLOT})", "", f"![WER vs speed]({SCATTER_PLOT})", ""]
+    paths = [plot_wer(results, reports_dir / WER_PLOT)]
+    paths.append(plot_wer_vs_speed(results, reports_dir / SCATTER_PLOT))
+    report = reports_dir / REPORT
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return [report, *paths]

@@ -1,0 +1,311 @@
+"""How each evaluated form runs (:class:`Form`, chunked long-form), and how fast, measured interleaved in one run.
+
+A :class:`Form` wraps a torch Whisper (transformers folder or torch_int8 export) or a CTranslate2 engine behind one
+``generate`` (clips within the window; ``min_new_tokens`` forces the length for speed runs) and one ``decode``
+(any length: chunked long-form, see :mod:`components.evaluate`). Loading and exporting: components.evaluate.
+
+Speed protocol (:func:`measure_speed`):
+
+* a small sample of short clips (``speed_clips`` from ``speed_set``, each within every form's window) is
+  decoded whole, at batch 1 and at the serving batch size (``speed_batch_size``), length-sorted batches;
+* two length protocols: ``natural`` (each form stops at its own ``<|endoftext|>``, ``max_new_tokens`` cap)
+  and ``fixed`` (every form decodes exactly the reference's (teacher's) token count, ``min_new_tokens =
+  max_new_tokens``: per clip at batch 1, the batch's longest teacher output at larger batches), so a student that
+  babbles to the cap cannot make the ratio look worse, nor a terse one better;
+* ``speed_rounds`` rounds; in each round every form runs once per (protocol, batch), the form order rotating
+  between rounds (interleaved, so background load hits every form alike); the MINIMUM over rounds is kept;
+* per (form, protocol, batch): ``seconds`` (the whole sample), ``latency_s`` (per clip), ``rtf`` (seconds per
+  second of audio), ``tokens_per_s`` (generated tokens); ``speedup[form][<protocol>_b<batch>]`` is the
+  reference's seconds over the form's, both minima of the same run.
+
+Timing covers what a caller pays: feature extraction, encoder, ``generate``, token decoding; not audio decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.whisper_io import SAMPLE_RATE_HZ, _strip_generated, generate_tokens
+
+PROTOCOLS = ("natural", "fixed")
+PACKAGES = ("torch", "transformers", "ctranslate2", "numpy", "datasets", "jiwer", "tokenizers")
+
+
+class _DropMinLengthLog(logging.Filter):
+    """transformers logs 'Both `min_new_tokens` and `min_length`' on every fixed-length generate: harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`min_new_tokens`" not in record.getMessage()
+
+
+def _quiet_min_length_log() -> None:
+    gen_logger = logging.getLogger("transformers.generation.utils")
+    if not any(isinstance(f, _DropMinLengthLog) for f in gen_logger.filters):
+        gen_logger.addFilter(_DropMinLengthLog())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# long-form chunking (the ASR pipeline's algorithm, on any backend)
+
+
+def chunk_spans(n_samples: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``(start, end)`` sample spans as transformers' ``chunk_iter``: one span when the clip fits the window."""
+    if n_samples <= window:
+        return [(0, n_samples)]
+    step = window - 2 * stride
+    if step <= 0:
+        raise ValueError(f"stride {stride} too large for window {window} (needs 2 * stride < window)")
+    spans = []
+    for start in range(0, n_samples, step):
+        spans.append((start, min(start + window, n_samples)))
+        if start + window >= n_samples:
+            break
+    return spans
+
+
+def merge_chunk_tokens(chunks: list[list[int]]) -> list[int]:
+    """Merge the text tokens of overlapping windows (the ASR pipeline's merge without timestamps)."""
+    from transformers.models.whisper.tokenization_whisper import _find_longest_common_sequence
+
+    chunks = [list(c) for c in chunks if c]  # the pipeline drops windows that produced no token
+    if len(chunks) <= 1:
+        return chunks[0] if chunks else []
+    tokens, _ = _find_longest_common_sequence(chunks, [])
+    return [int(t) for t in tokens]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# forms
+
+
+@dataclass
+class Form:
+    """One evaluated model: ``generate`` decodes clips that fit its window; :meth:`decode` any clips."""
+
+    name: str
+    kind: str  # transformers | torch_int8 | ct2_float32 | ct2_int8
+    path: Path | None
+    processor: Any
+    model: Any = None  # a torch Whisper (transformers, torch_int8)
+    engine: Any = None  # a components.ct2_runtime.Ct2Whisper
+    params: int = 0
+    bytes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window_samples(self) -> int:
+        return int(self.processor.feature_extractor.n_samples)
+
+    def generate(self, audios, *, batch_size: int = 8, max_new_tokens: int = 128, num_beams: int = 1,
+                 min_new_tokens: int | None = None) -> list[tuple[list[int], str]]:
+        """``(ids, text)`` per clip (each within the window); ``min_new_tokens`` forces the length (speed runs)."""
+        if self.engine is not None:
+            if min_new_tokens:  # CT2 can only force min = max (see _ct2_fixed)
+                return _ct2_fixed(self.engine, audios, batch_size, max_new_tokens, min_new_tokens, num_beams)
+            return self.engine.generate_tokens(audios, batch_size=batch_size, num_beams=num_beams,
+                                               max_new_tokens=max_new_tokens)
+        if min_new_tokens:
+            return _torch_fixed(self.model, self.processor, audios, batch_size, max_new_tokens, min_new_tokens,
+                                num_beams)
+        return generate_tokens(self.model, self.processor, list(audios), batch_size=batch_size,
+                               num_beams=num_beams, max_new_tokens=max_new_tokens)
+
+    def decode(self, audios, *, batch_size: int = 8, max_new_tokens: int = 128, num_beams: int = 1,
+               stride_fraction: float = 1 / 6) -> list[tuple[list[int], str, int]]:
+        """``(ids, text, n_windows)`` per clip of any length (chunked long-form, see components.evaluate)."""
+        window = self.window_samples
+        stride = int(round(window * stride_fraction))
+        pieces, owner = [], []
+        for i, audio in enumerate(audios):
+            for start, end in chunk_spans(len(audio), window, stride):
+                pieces.append(audio[start:end])
+                owner.append(i)
+        outs = self.generate(pieces, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        per_clip: list[list[list[int]]] = [[] for _ in audios]
+        for i, (ids, _) in zip(owner, outs, strict=True):
+            per_clip[i].append(ids)
+        tok = self.processor.tokenizer
+        results = []
+        for chunks in per_clip:
+            ids = chunks[0] if len(chunks) == 1 else merge_chunk_tokens(chunks)
+            results.append((ids, tok.decode(ids, skip_special_tokens=True).strip(), len(chunks)))
+        return results
+
+
+def _prompt_ids(gen) -> set[int]:
+    ids = {gen.decoder_start_token_id, getattr(gen, "no_timestamps_token_id", None)}
+    ids |= set((getattr(gen, "lang_to_id", None) or {}).values())
+    return ids | set((getattr(gen, "task_to_id", None) or {}).values())
+
+
+def _torch_fixed(model, processor, audios, batch_size, max_new_tokens, min_new_tokens, num_beams):
+    """Short-form decode of a batch with a forced length (``min_new_tokens`` <= ``max_new_tokens``)."""
+    import torch
+
+    _quiet_min_length_log()
+    fe, tok = processor.feature_extractor, processor.tokenizer
+    eot, prompt = tok.convert_tokens_to_ids("<|endoftext|>"), _prompt_ids(model.generation_config)
+    results = []
+    with torch.inference_mode():
+        for start in range(0, len(audios), batch_size):
+            batch = [np.asarray(a, dtype=np.float32) for a in audios[start : start + batch_size]]
+            feats = fe(batch, sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt").input_features
+            out = model.generate(feats.to(model.device, model.dtype), num_beams=num_beams, do_sample=False,
+                                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+            for row in (out["sequences"] if isinstance(out, dict) else out).tolist():
+                ids = _strip_generated(row, eot, prompt)
+                results.append((ids, tok.decode(ids, skip_special_tokens=True).strip()))
+    return results
+
+
+def _ct2_fixed(engine, audios, batch_size, max_new_tokens, min_new_tokens, num_beams):
+    """CTranslate2 decode with a forced length: CT2's Whisper ``generate`` has no ``min_length``, so
+    ``<|endoftext|>`` is suppressed and ``max_length`` stops it (exactly ``max_new_tokens`` tokens; the length
+    cap counts doubled in ctranslate2 4.8, see ct2_runtime). Fixed-length speed runs use min = max."""
+    from components.ct2_runtime import CT2_MAX_LENGTH_FACTOR
+
+    fe, tok = engine.processor.feature_extractor, engine.processor.tokenizer
+    eot, prompt = tok.convert_tokens_to_ids("<|endoftext|>"), _prompt_ids(engine.generation_config)
+    gen = engine.generation_config
+    results = []
+    for start in range(0, len(audios), batch_size):
+        batch = [np.asarray(a, dtype=np.float32) for a in audios[start : start + batch_size]]
+        feats = fe(batch, sampling_rate=SAMPLE_RATE_HZ, return_tensors="np").input_features
+        features = engine._encode(np.ascontiguousarray(feats, dtype=np.float32))
+        out = engine.model.generate(
+            features, engine._prompts(features, len(batch), None, "transcribe"), beam_size=num_beams,
+            max_length=CT2_MAX_LENGTH_FACTOR * max_new_tokens,
+            suppress_blank=bool(getattr(gen, "begin_suppress_tokens", None)),
+            suppress_tokens=[int(t) for t in (getattr(gen, "suppress_tokens", None) or [])] + [eot], sampling_topk=1,
+        )
+        for res in out:
+            ids = _strip_generated([int(t) for t in res.sequences_ids[0][:max_new_tokens]], eot, prompt)
+            results.append((ids, tok.decode(ids, skip_special_tokens=True).strip()))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speed
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, core count, torch threads, CUDA flag, Python (as benchmarks/common.py reports it)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def speed_sample(audios: list[np.ndarray], n: int, max_samples: int) -> list[np.ndarray]:
+    """``n`` clips that fit ``max_samples``, spread evenly over the length-sorted set (deterministic)."""
+    fits = sorted((i for i, a in enumerate(audios) if 0 < len(a) <= max_samples), key=lambda i: (len(audios[i]), i))
+    if not fits:
+        raise ValueError(f"no clip of the speed set fits the smallest window ({max_samples / SAMPLE_RATE_HZ:.0f} s)")
+    if n >= len(fits):
+        picked = fits
+    else:
+        picked = [fits[int(round(j * (len(fits) - 1) / max(n - 1, 1)))] for j in range(n)]
+    return [audios[i] for i in picked]
+
+
+def _batches(audios: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]), reverse=True)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _run_once(form, audios, batches, budgets, cfg) -> tuple[float, int]:
+    """Seconds and generated tokens for the whole sample (``budgets`` None: natural; else tokens per batch)."""
+    tokens = 0
+    started = time.perf_counter()
+    for k, idx in enumerate(batches):
+        clips = [audios[i] for i in idx]
+        if budgets is None:
+            outs = form.generate(clips, batch_size=len(idx), max_new_tokens=cfg.max_new_tokens,
+                                 num_beams=cfg.num_beams)
+        else:
+            outs = form.generate(clips, batch_size=len(idx), max_new_tokens=budgets[k],
+                                 min_new_tokens=budgets[k], num_beams=cfg.num_beams)
+        tokens += sum(len(ids) for ids, _ in outs)
+    return time.perf_counter() - started, tokens
+
+
+def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teacher") -> dict[str, Any]:
+    """Interleaved speed of ``forms`` on ``audios`` (see the module docstring); ``reference`` is the 1x form."""
+    names = [f.name for f in forms]
+    if reference not in names:
+        raise ValueError(f"reference form {reference!r} not among {names}")
+    batch_sizes = sorted({1, int(cfg.speed_batch_size)})
+    protocols = [p for p in PROTOCOLS if p in cfg.speed_protocols]
+    audio_s = sum(len(a) for a in audios) / SAMPLE_RATE_HZ
+    ref_form = forms[names.index(reference)]
+    # warm-up (not timed) + the reference's natural token counts for the fixed-length protocol
+    ref_counts = [len(ids) for ids, _ in ref_form.generate(audios, batch_size=1, max_new_tokens=cfg.max_new_tokens,
+                                                           num_beams=cfg.num_beams)]
+    for form in forms:
+        if form is not ref_form:
+            form.generate(audios[:2], batch_size=2, max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+    plans = {bs: _batches(audios, bs) for bs in batch_sizes}
+    budgets = {bs: [max(1, max(ref_counts[i] for i in idx)) for idx in plans[bs]] for bs in batch_sizes}
+    times: dict[str, dict[str, list[tuple[float, int]]]] = {n: {} for n in names}
+    for r in range(cfg.speed_rounds):
+        for form in forms[r % len(forms):] + forms[: r % len(forms)]:
+            for bs in batch_sizes:
+                for proto in protocols:
+                    key = f"{proto}_b{bs}"
+                    seconds, tokens = _run_once(form, audios, plans[bs], None if proto == "natural" else budgets[bs],
+                                                cfg)
+                    times[form.name].setdefault(key, []).append((seconds, tokens))
+    result: dict[str, Any] = {"forms": {}, "speedup": {}}
+    for name in names:
+        per = {}
+        for key, runs in times[name].items():
+            seconds, tokens = min(runs)
+            per[key] = {"seconds": round(seconds, 4), "latency_s": round(seconds / len(audios), 4),
+                        "rtf": round(seconds / audio_s, 4), "tokens_per_s": round(tokens / seconds, 2),
+                        "tokens": tokens, "rounds_s": [round(s, 3) for s, _ in runs]}
+        result["forms"][name] = per
+    ref = result["forms"][reference]
+    for name in names:
+        if name != reference:
+            result["speedup"][name] = {k: round(ref[k]["seconds"] / v["seconds"], 3)
+                                       for k, v in result["forms"][name].items()}
+    result["size"] = {f.name: {"params": f.params, "bytes": f.bytes} for f in forms}
+    result["sample"] = {"clips": len(audios), "audio_s": round(audio_s, 2),
+                        "reference_tokens": int(sum(ref_counts)), "set": cfg.speed_set}
+    result["protocol"] = {"rounds": cfg.speed_rounds, "batch_sizes": batch_sizes, "protocols": protocols,
+                          "reference": reference, "statistic": "min over interleaved rounds (rotating order)",
+                          "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
+    return result
