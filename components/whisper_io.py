@@ -171,12 +171,29 @@ def _processor(tok, n_mels: int):
     return WhisperProcessor(feature_extractor=fe, tokenizer=tok)
 
 
+def whisper_from_state(config, state: dict[str, torch.Tensor], what: str):
+    """A ``WhisperForConditionalGeneration`` built from ``config`` and a complete ``state`` (no random init:
+    built on the meta device, tensors assigned), with ``proj_out`` tied to the decoder embeddings."""
+    from transformers import WhisperForConditionalGeneration
+
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [m for m in missing if m != "proj_out.weight"]
+    if missing or unexpected:
+        raise ValueError(f"{what} mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    if model.proj_out.weight.data_ptr() != model.model.decoder.embed_tokens.weight.data_ptr():
+        raise ValueError(f"{what}: proj_out is not tied to the decoder embeddings")
+    return model
+
+
 def convert_ct2_to_hf(weights: PackagedWeights, out_dir: str | Path) -> dict[str, Any]:
     """Convert packaged CT2 Whisper weights into a transformers folder (model, processor, generation config).
 
     Returns a summary: parameters, vocabulary, layer counts, d_model, heads, mels, multilingual flag.
     """
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperConfig
 
     out_dir = Path(out_dir)
     v = read_model_bin(weights.model_bin)
@@ -211,16 +228,7 @@ def convert_ct2_to_hf(weights: PackagedWeights, out_dir: str | Path) -> dict[str
         suppress_tokens=None,  # these live in the generation config only (transformers 5 warns otherwise)
         begin_suppress_tokens=None,
     )
-    with torch.device("meta"):
-        model = WhisperForConditionalGeneration(config)
-    state = _ct2_state_dict(v, int(d_model), n_enc, n_dec)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [m for m in missing if m != "proj_out.weight"]
-    if missing or unexpected:
-        raise ValueError(f"CT2 -> HF mapping mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.tie_weights()
-    if model.proj_out.weight.data_ptr() != model.model.decoder.embed_tokens.weight.data_ptr():
-        raise ValueError("proj_out is not tied to the decoder embeddings")
+    model = whisper_from_state(config, _ct2_state_dict(v, int(d_model), n_enc, n_dec), "CT2 -> HF mapping")
     model.generation_config = _generation_config(tok, ct2_cfg, multilingual, config.max_target_positions)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from components.settings import StudentSettings
-from components.whisper_io import load_whisper
+from components.whisper_io import load_whisper, whisper_from_state
 
 ENCODER_POSITIONS_PER_S = 50  # encoder positions per second of audio (20 ms each)
 MEL_FRAMES_PER_S = 100  # log-mel frames per second (10 ms hop)
@@ -172,8 +172,6 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     layer kept, so the teacher's encoder output can be shared or cached), and ``mapping`` =
     ``{"encoder": {student_layer: teacher_layer}, "decoder": {...}}`` (int keys; JSON turns them into strings).
     """
-    from transformers import WhisperForConditionalGeneration
-
     teacher, processor = load_whisper(teacher_dir)
     tcfg = teacher.config
     n_enc_t, n_dec_t = int(tcfg.encoder_layers), int(tcfg.decoder_layers)
@@ -192,16 +190,7 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     scfg.encoder_layers = len(enc_idx)
     scfg.decoder_layers = len(dec_idx)
     scfg.num_hidden_layers = len(enc_idx)
-    with torch.device("meta"):
-        student = WhisperForConditionalGeneration(scfg)
-    state = _student_state(teacher.state_dict(), enc_idx, dec_idx)
-    missing, unexpected = student.load_state_dict(state, strict=False, assign=True)
-    missing = [m for m in missing if m != "proj_out.weight"]
-    if missing or unexpected:
-        raise ValueError(f"student state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    student.tie_weights()
-    if student.proj_out.weight.data_ptr() != student.model.decoder.embed_tokens.weight.data_ptr():
-        raise ValueError("student proj_out is not tied to the decoder embeddings")
+    student = whisper_from_state(scfg, _student_state(teacher.state_dict(), enc_idx, dec_idx), "student state")
     if any(t.is_meta for t in list(student.parameters()) + list(student.buffers())):
         raise ValueError("student has uninitialised (meta) tensors after copying the teacher")
     student.model.encoder.embed_positions.requires_grad_(False)  # as transformers builds it
