@@ -1,1 +1,1 @@
-"""Prefect flows over the DVC pipeline (see flows/pipeline.py)."""
+"""Prefect flows over the DVC pipeline. Not built yet (issue 8): run the pipeline with `dvc repro`."""

@@ -248,7 +248,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
             step += 1
             if prev_targets is not None and step % per_epoch == 0:
                 prev_targets.next_epoch()
-            row = {"step": step, "loss": float(loss), **parts, "alpha": weights.kd, "beta": weights.self_kd,
+            row = {"step": step, "loss": loss.item(), **parts, "alpha": weights.kd, "beta": weights.self_kd,
                    "w_ce": weights.ce, "lr": scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
             if step % cfg.log_every_steps == 0:
