@@ -125,8 +125,6 @@ def _label_split(ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path,
 
 def _load_decoder(cfg: LabelSettings, teacher_dir: Path) -> tuple[Callable, dict[str, Any]]:
     """``decode(audios, **options) -> [(tokens, text)]`` for ``cfg.engine`` and its protocol entries."""
-    import torch
-
     if cfg.engine == "ctranslate2":
         from components.ct2_runtime import Ct2Whisper, ctranslate2_version
 
