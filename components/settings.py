@@ -236,6 +236,11 @@ class TrainSettings(_Section):
     timestamp_probability: float = Field(0.0, ge=0, le=1)
     condition_on_prev_probability: float = Field(0.0, ge=0, le=1)
     max_label_tokens: int = Field(128, ge=8, le=444)
+    pack_fraction: float = Field(
+        0.5, ge=0, le=4, description="extra packed examples (2+ clips joined to fill the window) per training clip"
+    )
+    pack_max_clips: int = Field(3, ge=2, le=16, description="clips per packed example at most")
+    pack_gap_s: float = Field(0.3, ge=0, le=5, description="silence between the clips of a packed example")
     eval_every_steps: int = Field(50, ge=1)
     eval_max_clips: int = Field(100, ge=1)
     eval_batch_size: int = Field(16, ge=1)

@@ -14,6 +14,12 @@ Label sequence of one clip (Whisper's decoder format)::
 Per-step randomness comes from ``numpy.random.default_rng((seed, step))``, so a resumed run draws exactly
 what an uninterrupted one would.
 
+Packed examples (long-form robustness): ``plan_packs`` joins 2..``pack_max_clips`` random clips of a split,
+separated by ``pack_gap_s`` of silence, into one example that still fits the encoder window; its label is the
+members' labels joined. A student trained only on one-sentence clips never learns to keep transcribing when a
+window holds more speech, and loops on chunked long-form audio; packs teach it that. The plan is a pure function
+of the seed, so packs are cached like clips and a resumed run sees the same ones.
+
 Encoder cache: when the student shares the teacher's frozen encoder, the encoder output of every clip is
 computed once and stored (float16) in ``cache_dir/<key>/<split>.f16``. ``key`` hashes only the teacher weights
 and the preprocessing (window, feature extractor), never training params, so batch size or learning-rate
@@ -35,6 +41,7 @@ import torch
 IGNORE_INDEX = -100  # label positions excluded from the loss
 CACHE_CHUNK_CLIPS = 32  # clips encoded between two progress saves
 SAMPLE_RATE_HZ = 16_000
+PACK_SEED_STREAM = 7  # separates the packing RNG from the batch RNG of the same seed
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,47 @@ class EncoderCache:
     def rows(self, index: np.ndarray | list[int]) -> torch.Tensor:
         mm = np.memmap(self.data_path, dtype=np.float16, mode="r", shape=self.shape)
         return torch.from_numpy(np.asarray(mm[np.asarray(index)], dtype=np.float32))
+
+
+def plan_packs(durations_s: list[float], window_s: float, gap_s: float, n_packs: int, max_clips: int,
+                seed: int) -> list[tuple[int, ...]]:
+    """Up to ``n_packs`` tuples of 2..``max_clips`` distinct clip indices whose audio plus gaps fits ``window_s``.
+
+    First fit over a seeded permutation per pack; packs that cannot reach two members are not made.
+    """
+    rng = np.random.default_rng((seed, PACK_SEED_STREAM))
+    packs: list[tuple[int, ...]] = []
+    if len(durations_s) < 2 or max_clips < 2:
+        return packs
+    for _ in range(n_packs):
+        members: list[int] = []
+        total = 0.0
+        for i in rng.permutation(len(durations_s)):
+            add = float(durations_s[i]) + (gap_s if members else 0.0)
+            if total + add <= window_s:
+                members.append(int(i))
+                total += add
+                if len(members) == max_clips:
+                    break
+        if len(members) >= 2:
+            packs.append(tuple(members))
+    return packs
+
+
+def pack_audio(audios: list[np.ndarray], members: tuple[int, ...], gap_s: float) -> np.ndarray:
+    """The members' audio joined with ``gap_s`` of silence between them."""
+    gap = np.zeros(int(round(gap_s * SAMPLE_RATE_HZ)), dtype=np.float32)
+    parts: list[np.ndarray] = []
+    for n, i in enumerate(members):
+        if n:
+            parts.append(gap)
+        parts.append(np.asarray(audios[i], dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def pack_tokens(tokens: list[list[int]], members: tuple[int, ...], timestamp_begin: int) -> list[int]:
+    """The members' text tokens joined (timestamps dropped: their offsets would be wrong in the pack)."""
+    return [t for i in members for t in tokens[i] if t < timestamp_begin]
 
 
 def load_split(labelled_dir: Path, split: str, max_window_s: float) -> tuple[Any, dict[str, int]]:

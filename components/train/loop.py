@@ -40,6 +40,9 @@ from components.train.data import (
     collate,
     features,
     load_split,
+    pack_audio,
+    pack_tokens,
+    plan_packs,
 )
 from components.train.losses import (
     EmaTeacher,
@@ -122,17 +125,29 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         raise ValueError(f"no training clips fit the {cfg.student.window_s} s window (train.student.window_s)")
     val_ds = val_ds.select(range(min(cfg.eval_max_clips, len(val_ds))))
     train_audio, val_audio = dataset_audio_arrays(train_ds), dataset_audio_arrays(val_ds)
-    train_tokens, train_ids = train_ds["teacher_tokens"], train_ds["id"]
+    train_tokens, train_ids = list(train_ds["teacher_tokens"]), list(train_ds["id"])
     val_refs = [r if h else t for r, h, t in zip(val_ds["text"], val_ds["has_text"], val_ds["teacher_text"], strict=True)]
     special = SpecialTokens.from_processor(processor, student.generation_config, "en", "transcribe")
     pad_id = special.eot
+    # packed examples: several clips in one window (long-form robustness), in training and in validation
+    train_packs = plan_packs(train_ds["duration_s"], window, cfg.pack_gap_s,
+                             round(cfg.pack_fraction * len(train_ds)), cfg.pack_max_clips, cfg.seed)
+    train_audio += [pack_audio(train_audio, p, cfg.pack_gap_s) for p in train_packs]
+    train_tokens += [pack_tokens(train_tokens, p, special.timestamp_begin) for p in train_packs]
+    train_ids += ["+".join(train_ids[i] for i in p) for p in train_packs]
+    val_packs = plan_packs(val_ds["duration_s"], window, cfg.pack_gap_s,
+                           round(cfg.pack_fraction * len(val_ds)), cfg.pack_max_clips, cfg.seed + 1)
+    val_audio += [pack_audio(val_audio, p, cfg.pack_gap_s) for p in val_packs]
+    val_refs += [" ".join(val_refs[i] for i in p) for p in val_packs]
+    train_stats["packed"], val_stats["packed"] = len(train_packs), len(val_packs)
+    n_train = len(train_audio)
 
     shared_encoder = bool(report["encoder_is_teacher"] and cfg.student.freeze_encoder)
     cache = None
     if shared_encoder and cfg.student.cache_encoder_outputs:
         key = cache_key(teacher_dir, cfg.student.window_s, processor)
         frames = int(teacher.config.max_source_positions)
-        cache = EncoderCache(Path(cfg.cache_dir) / key, "train", len(train_ds), frames, teacher.config.d_model, train_ids)
+        cache = EncoderCache(Path(cfg.cache_dir) / key, "train", n_train, frames, teacher.config.d_model, train_ids)
         if not cache.complete:
             encoder = teacher.get_encoder()
 
@@ -140,7 +155,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 with torch.no_grad():
                     return encoder(features(processor, audios)).last_hidden_state
 
-            with tqdm(total=len(train_ds), initial=cache.done_rows(), desc="encoder cache", unit="clip",
+            with tqdm(total=n_train, initial=cache.done_rows(), desc="encoder cache", unit="clip",
                       dynamic_ncols=True) as bar:
                 cache.fill(encode, lambda rows: [train_audio[r] for r in rows], bar)
 
@@ -189,7 +204,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                                        cfg.eval_batch_size, cfg.max_label_tokens)
 
     max_steps, bs = cfg.optim.max_steps, cfg.optim.batch_size
-    per_epoch = max(1, len(train_ds) // bs)
+    per_epoch = max(1, n_train // bs)
     stopped_early = False
     student.train()
     with tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
@@ -197,13 +212,13 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
             weights = loss_weights(step, max_steps, cfg.askd)
             if weights.self_kd > 0 and cfg.askd.self_teacher == "snapshot" and snapshot is None:
                 snapshot = snapshot_teacher(acc.unwrap_model(student))
-            idx = batch_indices(step, len(train_ds), bs, cfg.seed)
+            idx = batch_indices(step, n_train, bs, cfg.seed)
             rng = np.random.default_rng((cfg.seed, step))
             pairs = []
             for i in idx:
                 prev = None
                 if rng.random() < cfg.condition_on_prev_probability:
-                    prev = train_tokens[int(rng.integers(len(train_ds)))]
+                    prev = train_tokens[int(rng.integers(n_train))]
                 pairs.append(build_sequence(train_tokens[i], special, rng, cfg.timestamp_probability, prev,
                                             cfg.max_label_tokens))
             dec_in, targets = (t.to(device) for t in collate(pairs, pad_id))
@@ -295,7 +310,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "stopped_early": stopped_early,
         "preset_loss": cfg.askd.model_dump(mode="json"),
         "student": {k: v for k, v in report.items() if k != "mapping"},
-        "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_ds)},
+        "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},
         "encoder_cache": bool(cache is not None),
         "seconds": round(seconds, 1),
         "device": str(device),
