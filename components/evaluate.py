@@ -348,7 +348,7 @@ def protocol(cfg, forms: list[Form]) -> dict[str, Any]:
 
 
 def build_forms(cfg, models: dict[str, Path]) -> tuple[list[Form], dict[str, str]]:
-    """Base forms plus the exports of ``cfg.exports`` for ``cfg.export_models``; export status per export."""
+    """Base forms, the exports of ``cfg.exports`` for ``cfg.export_models`` and the teacher's ``teacher_exports``."""
     forms = [load_form(p, name) for name, p in models.items()]
     status: dict[str, str] = {}
     exports_dir = Path(cfg.exports_dir)
@@ -356,8 +356,11 @@ def build_forms(cfg, models: dict[str, Path]) -> tuple[list[Form], dict[str, str
     for stale in exports_dir.glob("*-*"):  # exports of an earlier run (another `exports` list) must not linger
         if stale.is_dir() and stale.name.rsplit("-", 1)[-1] in EXPORT_KINDS:
             shutil.rmtree(stale)
-    for base in [f for f in forms if f.name in cfg.export_models]:
-        for kind in cfg.exports:
+    for base in list(forms):
+        kinds = list(cfg.exports) if base.name in cfg.export_models else []
+        if base.name == "teacher":
+            kinds += [k for k in cfg.teacher_exports if k not in kinds]
+        for kind in kinds:
             key = f"{base.name}_{kind}"
             try:
                 forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder))

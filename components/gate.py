@@ -4,8 +4,9 @@ Checks, on ``metrics/eval.json`` (written by the `evaluate` stage), each one lin
 
 * ``wer_delta``: for every set in ``max_wer_delta_points``, candidate WER - reference (teacher) WER, in
   percentage points, must be <= the set's threshold. A set missing from the metrics (for either form) fails;
-* ``speedup``: ``speed.speedup[candidate][speedup_measure]`` (reference seconds / candidate seconds, measured
-  interleaved in one run) must be >= ``min_speedup``; missing speed metrics fail;
+* ``speedup``: reference seconds / candidate seconds for ``speedup_measure`` (both timed interleaved in one run,
+  ``speed.forms``; e.g. candidate student_ct2_int8 vs reference teacher_ct2_int8 = same runtime) must be
+  >= ``min_speedup``; missing speed metrics fail;
 * ``hallucination_rate``: on every evaluated set, the candidate's share of looping / implausibly long outputs
   (percent) must be <= ``max_hallucination_rate``.
 
@@ -57,7 +58,14 @@ def decide(metrics: dict[str, Any], cfg) -> dict[str, Any]:
         checks.append(_line(delta <= limit, set_name, "wer_delta_points", delta, "<=", limit,
                             f"{cfg.candidate} {cand_sets[set_name]['wer']:.2f} % vs {cfg.reference} "
                             f"{ref_sets[set_name]['wer']:.2f} %"))
-    speedup = ((metrics.get("speed") or {}).get("speedup") or {}).get(cfg.candidate, {}).get(cfg.speedup_measure)
+    speed = metrics.get("speed") or {}
+    timed = speed.get("forms") or {}
+    speedup = None
+    if cfg.speedup_measure in timed.get(cfg.candidate, {}) and cfg.speedup_measure in timed.get(cfg.reference, {}):
+        speedup = (timed[cfg.reference][cfg.speedup_measure]["seconds"]
+                   / timed[cfg.candidate][cfg.speedup_measure]["seconds"])
+    elif cfg.reference == (speed.get("protocol") or {}).get("reference", "teacher"):
+        speedup = (speed.get("speedup") or {}).get(cfg.candidate, {}).get(cfg.speedup_measure)
     if cand is not None:
         if speedup is None:
             checks.append(_missing("speed", f"speedup_{cfg.speedup_measure}", ">=", cfg.min_speedup,

@@ -125,7 +125,13 @@ def _speed_lines(speed: dict[str, Any]) -> list[str]:
                      per.get("natural_b1", {}).get("rtf"), per.get("natural_b1", {}).get("tokens_per_s")]
                     + [1.0 if name == proto["reference"] else ups.get(k) for k in keys]
                     + [size.get("params", 0) / 1e6, size.get("bytes", 0) / MB])
-    return lines + _table(header, rows)
+    lines += _table(header, rows)
+    same = speed.get("speedup_same_runtime") or {}
+    if same:
+        lines += ["Same runtime and precision (each student form vs the teacher in that form):", ""]
+        lines += _table(["form", "versus"] + [f"speed-up {k}" for k in keys],
+                        [[name, ups["versus"]] + [ups.get(k) for k in keys] for name, ups in same.items()])
+    return lines
 
 
 def _findings(results: dict[str, Any], measure: str = "natural_b1", flag_rate: float = 5.0) -> list[str]:
@@ -138,6 +144,9 @@ def _findings(results: dict[str, Any], measure: str = "natural_b1", flag_rate: f
         ups = speedup.get(name, {})
         if ups:
             parts.append("speed-up " + ", ".join(f"{k} {v:.2f}x" for k, v in ups.items()))
+        twin = ((results.get("speed") or {}).get("speedup_same_runtime") or {}).get(name)
+        if twin and measure in twin:
+            parts.append(f"{twin[measure]:.2f}x vs {twin['versus']} ({measure}, same runtime)")
         bad = [f"{s} ({m['hallucination_rate']:.0f} % of clips)" for s, m in sets.items()
                if m["hallucination_rate"] > flag_rate]
         if bad:

@@ -267,6 +267,10 @@ class EvalSettings(_Section):
         ("torch_int8", "ct2_int8"), description="exports evaluated like the models (each of export_models)"
     )
     export_models: tuple[Literal["teacher", "student"], ...] = ("student",)
+    teacher_exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8"], ...] = Field(
+        ("ct2_int8",), description="teacher exports to compare against: the peer a user would run instead "
+        "(faster-whisper = CTranslate2 int8); added to `exports` when teacher is in export_models"
+    )
     exports_dir: Path = Field(Path("models/exports"), description="export folders <model>-<export>")
     ct2_encoder: Literal["ctranslate2", "torch"] = Field(
         "ctranslate2", description="who runs a CT2 export's encoder (ctranslate2 = the export alone)"
@@ -297,6 +301,44 @@ class GateSettings(_Section):
     eval_metrics: Path = Path("metrics/eval.json")
 
 
+class RegistrySettings(_Section):
+    """`askd register` / `askd registry`: versioned model registry on S3 or any S3-compatible store."""
+
+    enabled: bool = Field(
+        False, description="the DVC `register` stage uploads only when true (else it writes registered: false)"
+    )
+    bucket: str = Field("whisper-askd-registry", min_length=3, max_length=63, description="S3 bucket (must exist)")
+    prefix: str = Field("registry", description="key prefix inside the bucket ('' = bucket root)")
+    model_name: str = Field(
+        "whisper-askd-student", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="registry model name"
+    )
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS")
+    max_attempts: int = Field(5, ge=1, le=20, description="total tries per S3 request (botocore retries)")
+    retry_mode: Literal["standard", "adaptive"] = Field("standard", description="botocore retry mode")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+    multipart_threshold_mb: int = Field(64, ge=5, description="files at least this big go up in parts")
+    multipart_chunk_mb: int = Field(16, ge=5, description="part size of a multipart upload (S3 minimum: 5)")
+    transfer_workers: int = Field(4, ge=1, le=32, description="parallel part/file transfers (I/O bound)")
+    include_exports: bool = Field(True, description="upload evaluate.exports_dir too (skipped when absent)")
+    require_conditional_writes: bool = Field(
+        True, description="probe that the store honours If-None-Match before writing; refuse if it does not"
+    )
+    intended_use: str = Field(
+        "English speech recognition (transcription) on CPU where Whisper is too slow; evaluated on the "
+        "pipeline's test sets only",
+        description="model card: intended use sentence",
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _clean_prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if ".." in v.split("/"):
+            raise ValueError("prefix must not contain '..'")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole pipeline's settings; mirrors ``params.yaml`` section by section."""
 
@@ -313,6 +355,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     evaluate: EvalSettings = EvalSettings()
     gate: GateSettings = GateSettings()
+    registry: RegistrySettings = RegistrySettings()
     presets: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 

@@ -16,7 +16,8 @@ Speed protocol (:func:`measure_speed`):
   between rounds (interleaved, so background load hits every form alike); the MINIMUM over rounds is kept;
 * per (form, protocol, batch): ``seconds`` (the whole sample), ``latency_s`` (per clip), ``rtf`` (seconds per
   second of audio), ``tokens_per_s`` (generated tokens); ``speedup[form][<protocol>_b<batch>]`` is the
-  reference's seconds over the form's, both minima of the same run.
+  reference's seconds over the form's, both minima of the same run; ``speedup_same_runtime[student_<x>]`` is the
+  same against ``teacher_<x>`` (same runtime and precision, e.g. both CTranslate2 int8).
 
 Timing covers what a caller pays: feature extraction, encoder, ``generate``, token decoding; not audio decoding.
 """
@@ -302,6 +303,15 @@ def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teache
         if name != reference:
             result["speedup"][name] = {k: round(ref[k]["seconds"] / v["seconds"], 3)
                                        for k, v in result["forms"][name].items()}
+    # same runtime and precision: each student form against the teacher in that form (student_ct2_int8 vs
+    # teacher_ct2_int8), the comparison a user who would run the teacher in that runtime cares about
+    result["speedup_same_runtime"] = {}
+    for name in names:
+        twin = f"{reference}{name[len('student'):]}" if name.startswith("student") else None
+        if twin in result["forms"]:
+            result["speedup_same_runtime"][name] = {
+                "versus": twin, **{k: round(result["forms"][twin][k]["seconds"] / v["seconds"], 3)
+                                   for k, v in result["forms"][name].items() if k in result["forms"][twin]}}
     result["size"] = {f.name: {"params": f.params, "bytes": f.bytes} for f in forms}
     result["sample"] = {"clips": len(audios), "audio_s": round(audio_s, 2),
                         "reference_tokens": int(sum(ref_counts)), "set": cfg.speed_set}

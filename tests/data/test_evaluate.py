@@ -170,26 +170,31 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, tin
                        exports=("torch_int8", "ct2_int8"), exports_dir=tmp_path / "exports",
                        reports_dir=tmp_path / "reports")
     summary = run_evaluate(cfg, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir)
-    assert summary["exports"] == {"student_torch_int8": "ok", "student_ct2_int8": "ok"}
+    assert summary["exports"] == {"student_torch_int8": "ok", "student_ct2_int8": "ok", "teacher_ct2_int8": "ok"}
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     forms = metrics["forms"]
-    assert set(forms) == {"teacher", "student", "student_torch_int8", "student_ct2_int8"}
+    assert set(forms) == {"teacher", "student", "student_torch_int8", "student_ct2_int8", "teacher_ct2_int8"}
     assert metrics["missing_sets"] == []
     for form in forms.values():
         assert set(form["sets"]) == {"test", "test_ood", "test_longform"}
         for m in form["sets"].values():
             assert {"wer", "cer", "insertion_rate", "empty_rate", "repeated_ngram_rate", "hallucination_rate"} <= set(m)
     assert forms["teacher"]["window_s"] == 30 and forms["student_ct2_int8"]["window_s"] == STUDENT_WINDOW_S
-    assert [forms[f]["sets"]["test"]["clips"] for f in forms] == [3, 3, 3, 3]
+    assert [forms[f]["sets"]["test"]["clips"] for f in forms] == [3] * 5
     # the ~20 s clip fits the teacher's window but is chunked for every 5 s form
     assert forms["teacher"]["sets"]["test_longform"]["chunked_clips"] == 0
-    assert all(forms[f]["sets"]["test_longform"]["chunked_clips"] == 1 for f in forms if f != "teacher")
-    assert set(metrics["wer_delta_points"]) == {"student", "student_torch_int8", "student_ct2_int8"}
+    assert forms["teacher_ct2_int8"]["sets"]["test_longform"]["chunked_clips"] == 0
+    assert all(forms[f]["sets"]["test_longform"]["chunked_clips"] == 1 for f in forms if "teacher" not in f)
+    assert set(metrics["wer_delta_points"]) == set(forms) - {"teacher"}
 
     speed = metrics["speed"]
     keys = {"natural_b1", "natural_b2", "fixed_b1", "fixed_b2"}
-    assert set(speed["speedup"]) == {"student", "student_torch_int8", "student_ct2_int8"}
+    assert set(speed["speedup"]) == set(forms) - {"teacher"}
     assert all(set(v) == keys for v in speed["speedup"].values())
+    same = speed["speedup_same_runtime"]  # each student form vs the teacher in the same runtime and precision
+    assert {k: v["versus"] for k, v in same.items()} == {"student": "teacher", "student_ct2_int8": "teacher_ct2_int8"}
+    ratio = speed["forms"]["teacher_ct2_int8"]["natural_b1"]["seconds"] / speed["forms"]["student_ct2_int8"]["natural_b1"]["seconds"]
+    assert same["student_ct2_int8"]["natural_b1"] == pytest.approx(ratio, rel=1e-2)
     for key in ("fixed_b1", "fixed_b2"):  # every form decodes exactly the teacher's token count
         assert len({speed["forms"][f][key]["tokens"] for f in forms}) == 1
     assert all(len(speed["forms"][f]["natural_b1"]["rounds_s"]) == 2 for f in forms)
@@ -199,12 +204,12 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, tin
     assert proto["packages"]["torch"] and proto["hardware"]["torch_threads"] >= 1
 
     report = (tmp_path / "reports" / "evaluation.md").read_text()
-    for needle in ("test_longform", "student_ct2_int8", "speed-up fixed_b1", "eval_wer.png"):
+    for needle in ("test_longform", "student_ct2_int8", "speed-up fixed_b1", "eval_wer.png", "Same runtime"):
         assert needle in report
     for png in ("eval_wer.png", "eval_wer_vs_speed.png"):
         assert (tmp_path / "reports" / png).read_bytes()[:8] == PNG_MAGIC
     with (tmp_path / "reports" / "eval_predictions.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 4 * 6
+        assert len(list(csv.DictReader(fh))) == 5 * 6
     assert load_form(tmp_path / "exports" / "student-torch_int8").kind == "torch_int8"
     assert load_form(tmp_path / "exports" / "student-ct2_int8").kind == "ct2_int8"
 

@@ -136,3 +136,18 @@ def test_cli_gate_exit_code_follows_fail_on_block(tmp_path, monkeypatch, fail_on
     assert result.exit_code == code, result.output
     saved = json.loads((tmp_path / "metrics" / "gate.json").read_text())
     assert saved["passed"] is False and saved["reasons"][0].startswith("FAIL test wer_delta_points")
+
+
+def test_speedup_against_another_reference_form_uses_the_timed_seconds():
+    metrics = copy.deepcopy(GOOD)
+    metrics["forms"]["teacher_ct2_int8"] = copy.deepcopy(metrics["forms"]["teacher"])
+    metrics["forms"]["student_ct2_int8"] = copy.deepcopy(metrics["forms"]["student"])
+    metrics["speed"]["forms"] = {"teacher_ct2_int8": {"natural_b1": {"seconds": 3.0}},
+                                 "student_ct2_int8": {"natural_b1": {"seconds": 2.0}}}
+    cfg = dict(candidate="student_ct2_int8", reference="teacher_ct2_int8")
+    assert decide(metrics, _cfg(**cfg, min_speedup=1.4))["passed"]
+    blocked = decide(metrics, _cfg(**cfg, min_speedup=2.0))
+    assert not blocked["passed"]
+    assert any("speedup_natural_b1 = 1.500" in r for r in blocked["reasons"])
+    metrics["speed"]["forms"].pop("teacher_ct2_int8")  # reference not timed -> a clear failure, not a silent pass
+    assert any("speedup" in r and "missing" in r for r in decide(metrics, _cfg(**cfg))["reasons"])
