@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from components.registry_cli import register_command, register_stage_command, registry_app
 from components.settings import DEFAULT_PARAMS_FILE, Settings, SettingsError, load_settings, settings_as_dict
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(data_app, name="data")
 app.add_typer(stage_app, name="stage")
+app.add_typer(registry_app, name="registry")
 
 console = Console(stderr=True)
 
@@ -193,6 +195,22 @@ def gate() -> None:
 def stage_gate() -> None:
     """DVC stage `gate`: same as `askd gate`."""
     _gate()
+
+
+@app.command("register")
+def register(
+    force: Annotated[bool, typer.Option("--force", help="register even though the gate blocked (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="why a blocked model is registered (kept in manifest + card).")] = None,
+    version: Annotated[int | None, typer.Option(help="claim exactly this version number (refused if it exists).")] = None,
+) -> None:
+    """Upload the student, exports, metrics, params and a model card as a new immutable registry version."""
+    register_command(force=force, reason=reason, version=version)
+
+
+@stage_app.command("register")
+def stage_register() -> None:
+    """DVC stage `register`: `askd register` when registry.enabled and the gate passed, else a recorded skip."""
+    register_stage_command()
 
 
 @app.command("evaluate")

@@ -1,0 +1,89 @@
+"""Injected S3 faults through a proxy in front of the real moto server: retried, or a clean failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from components.registry import register
+from components.registry_ops import list_versions, promote, read_alias, show
+from components.registry_store import RegistryError, RegistryStore
+
+from .conftest import REPO, fail_first
+
+
+def _via_proxy(project, proxy, *extra):
+    return project.settings(f"registry.endpoint_url={proxy.url}", *extra)
+
+
+def test_http_500s_are_retried(project, fault_proxy):
+    fault_proxy.rule = fail_first(2)  # the first two requests, whatever they are
+    cfg = _via_proxy(project, fault_proxy)  # max_attempts 3: two failures + one success per request
+    result = register(cfg, metrics_dir=project.metrics)
+    assert result["registered"] and result["version"] == 1
+    assert fault_proxy.actions("500") == 2
+    first = fault_proxy.seen[:3]
+    assert first[0][2] == first[1][2] == "500" and first[2][2] == "forward"
+    assert first[0][:2] == first[1][:2] == first[2][:2]  # the same request, sent three times
+
+
+def test_dropped_connections_are_retried(project, fault_proxy):
+    is_upload = lambda m, p: m == "PUT" and "/files/" in p  # noqa: E731
+    fault_proxy.rule = fail_first(2, "drop", is_upload)
+    result = register(_via_proxy(project, fault_proxy), metrics_dir=project.metrics)
+    assert result["registered"] and fault_proxy.actions("drop") == 2
+    from components.registry_ops import verify
+
+    assert verify(project.settings().registry, 1)["ok"]  # direct to moto: the stored files are intact
+
+
+def test_lost_answer_to_a_conditional_write_is_resolved(project, fault_proxy):
+    # the claim lands on moto but its answer is lost; botocore retries and gets 412 for our own object
+    is_claim = lambda m, p: m == "PUT" and p.endswith("/claim.json")  # noqa: E731
+    fault_proxy.rule = fail_first(1, "lose", is_claim)
+    result = register(_via_proxy(project, fault_proxy), metrics_dir=project.metrics)
+    assert fault_proxy.actions("lose") == 1
+    assert result["version"] == 1  # recognised as ours, not skipped to version 2
+    assert RegistryStore(project.settings().registry).claimed_versions() == [1]
+
+    # same for an alias update whose answer is lost
+    is_alias = lambda m, p: m == "PUT" and "/aliases/" in p  # noqa: E731
+    fault_proxy.rule = fail_first(1, "lose", is_alias)
+    assert promote(_via_proxy(project, fault_proxy).registry, 1, "production")["version"] == 1
+    assert [h["version"] for h in read_alias(project.settings().registry, "production").data["history"]] == [1]
+
+
+def test_outage_longer_than_retries_fails_clearly_and_lists_nothing(project, fault_proxy):
+    is_upload = lambda m, p: m == "PUT" and "/files/" in p  # noqa: E731
+    fault_proxy.rule = lambda m, p, h: "500" if is_upload(m, p) else None  # uploads fail forever
+    params = project.root / "params.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "components", "--params", str(params), "--set",
+         f"registry.endpoint_url={fault_proxy.url}", "register"],
+        cwd=project.root, capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                            "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: register: ")
+    assert "InternalError" in errors[0] or "after" in errors[0]
+    assert fault_proxy.actions("500") >= 3  # retried up to max_attempts
+    reg = project.settings().registry  # straight to moto
+    assert list_versions(reg) == []  # the half-uploaded version is invisible
+    assert RegistryStore(reg).claimed_versions() == [1]  # (its abandoned claim is there, number not reused)
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        show(reg, 1)
+
+    fault_proxy.rule = lambda m, p, h: None  # outage over: the next run gets version 2
+    assert register(_via_proxy(project, fault_proxy), metrics_dir=project.metrics)["version"] == 2
+    assert [v["version"] for v in list_versions(reg)] == [2]
+
+
+def test_store_ignoring_conditional_writes_is_refused(project, fault_proxy):
+    fault_proxy.rule = lambda m, p, h: "strip"  # a store that drops If-None-Match / If-Match
+    with pytest.raises(RegistryError, match="ignores If-None-Match"):
+        register(_via_proxy(project, fault_proxy), metrics_dir=project.metrics)
+    store = RegistryStore(project.settings().registry)
+    assert store.list_keys(store.base + "/") == []  # refused before claiming anything
