@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result_in  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="models/teacher")
     parser.add_argument("--prepared", default="data/prepared")
@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--ct2-compute-type", default="float32", choices=["float32", "int8", "int8_float32"])
     parser.add_argument("--ct2-encoders", default="torch", help="comma list of: torch, ctranslate2")
     parser.add_argument("--ct2-cache", default=None, help="CT2 conversion cache (default: a fresh temp folder)")
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    args = parser.parse_args(argv)
 
     import datasets
 
@@ -120,8 +121,9 @@ def main() -> None:
     }
     if not args.ct2_cache:
         shutil.rmtree(cache, ignore_errors=True)
-    path = write_result("label_throughput", result)
+    path = write_result_in("label_throughput", result, args.results_dir)
     print(f"speed-up vs naive: {result['speedup_vs_naive']} agreement: {result['agreement_vs_naive']} -> {path}")
+    return result
 
 
 if __name__ == "__main__":

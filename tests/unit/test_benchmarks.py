@@ -1,0 +1,132 @@
+"""benchmarks/run_all.py --smoke on tiny random models: every script runs and writes measured, numeric results."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARKS = ("label_throughput", "train_step", "speed", "dvc_noop", "pipeline_e2e")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory, tiny_whisper_dir, speech_clips):
+    from tests.conftest import make_prepared_dataset
+
+    from benchmarks import run_all
+
+    root = tmp_path_factory.mktemp("bench")
+    prepared = make_prepared_dataset(root / "data", speech_clips)
+    results = root / "results"
+    started = time.perf_counter()
+    code = run_all.main(["--smoke", "--teacher", str(tiny_whisper_dir), "--student", str(tiny_whisper_dir),
+                         "--prepared", str(prepared), "--labelled", str(root / "no-labels"),
+                         "--speed-set", "train", "--label-split", "validation", "--results-dir", str(results)])
+    return code, results, time.perf_counter() - started
+
+
+def test_smoke_run_writes_every_result_and_the_summary(smoke_results):
+    code, results, seconds = smoke_results
+    assert code == 0, (results / "SUMMARY.md").read_text()
+    assert seconds < 90, f"smoke run took {seconds:.0f} s"  # ~25 s idle, ~50 s with a training run beside it
+    data = {}
+    for name in BENCHMARKS:
+        data[name] = json.loads((results / f"{name}.json").read_text())
+        assert data[name]["benchmark"] == name
+        assert data[name]["hardware"]["cpu_count"] >= 1
+    # benchmarks/results/ in the checkout is not touched by a run pointed elsewhere
+    assert json.loads((results / "run_all.json").read_text())["failed"] == {}
+
+    label = data["label_throughput"]
+    assert label["clips"] >= 1 and all(_positive(v) for v in label["clips_per_s"].values())
+    assert set(label["speedup_vs_naive"]) == {"batched", "ctranslate2"}
+
+    train = data["train_step"]
+    step = train["seconds_per_step"]
+    assert _positive(step["cached"]) and _positive(step["recompute"])
+    assert train["speedup_cached_vs_recompute"] == pytest.approx(step["recompute"] / step["cached"], rel=0.01)
+    assert train["teacher_kind"] == "given" and train["data"].startswith("synthetic")
+    assert train["first_step_loss_abs_diff"] < 0.05 * train["first_step_loss"]["recompute"]  # fp16 cache only
+
+    speed = data["speed"]
+    rows = {row["form"] + "/" + row["versus"]: row for row in speed["speedup_table"]}
+    assert set(rows) == {"student/teacher", "student_ct2_int8/teacher_ct2_int8", "student_ct2_int8/teacher",
+                         "teacher_ct2_int8/teacher"}
+    forms = speed["speed"]["forms"]
+    for row in rows.values():
+        for key in ("natural_b1", "natural_b2"):
+            expected = forms[row["versus"]][key]["seconds"] / forms[row["form"]][key]["seconds"]
+            assert row[key] == pytest.approx(expected, rel=0.01)
+
+    noop = data["dvc_noop"]
+    assert noop["mode"] == "tmp_trivial_copy" and _positive(noop["min_s"]) and noop["min_s"] <= noop["median_s"]
+    assert "register" in noop["stages"] or "gate" in noop["stages"]
+
+    e2e = data["pipeline_e2e"]
+    assert e2e["mode"] == "from_metrics" and e2e["peak_tree_rss_mib"] is None
+    assert e2e["wall_s"] == pytest.approx(sum(e2e["per_stage"]["seconds"].values()), abs=0.05)
+
+    summary = (results / "SUMMARY.md").read_text()
+    assert "smoke" in summary and "| benchmark | figure | value | how |" in summary
+    table = [line.split(" | ") for line in summary.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert {cells[0].lstrip("| ") for cells in table} == set(BENCHMARKS)
+    for cells in table:
+        value = cells[2]
+        if value == "n/a":
+            assert "not measured" in cells[3]
+            continue
+        assert math.isfinite(float(value.rstrip("x"))), cells
+
+
+def test_tree_monitor_sees_a_grandchilds_memory(tmp_path):
+    """The e2e memory monitor sums the whole tree: a grandchild holding ~120 MiB must show up."""
+    from benchmarks.pipeline_e2e import run_monitored
+
+    grandchild = "import time; b = bytearray(120 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    run = run_monitored([sys.executable, "-c", child], tmp_path, interval_s=0.05)
+    assert run["returncode"] == 0
+    assert run["max_processes_seen"] >= 2
+    assert run["peak_tree_rss_mib"] >= 120, run
+    assert run["max_single_process_rss_mib"] >= 120, run
+
+
+def test_stage_seconds_reads_the_declared_metrics_files(tmp_path):
+    from benchmarks.pipeline_e2e import stage_seconds
+
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a: {cmd: x, metrics: [metrics/a.json: {cache: false}]}\n"
+        "  evaluate: {cmd: x, metrics: [metrics/eval.json: {cache: false}]}\n"
+        "  c: {cmd: x}\n"
+    )
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "a.json").write_text(json.dumps({"seconds": 1.5, "resumed_clips": 3}))
+    (metrics / "eval.json").write_text(json.dumps({"seconds": 2.25}))
+    got = stage_seconds(metrics, tmp_path / "dvc.yaml")
+    assert got["seconds"] == {"a": 1.5, "evaluate": 2.25} and got["total_s"] == 3.75
+    assert got["missing"] == ["c"] and "reused" in got["notes"]["a"]
+
+
+def test_dvc_noop_refuses_the_real_repo_when_not_up_to_date(tmp_path):
+    """--where repo must never start real stages: a repo whose stage has not run is refused."""
+    env_cmd = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*env_cmd, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dvc_noop.py"), "--where", "repo", "--repo",
+                           str(tmp_path), "--results-dir", str(tmp_path / "res")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "refusing to time dvc repro" in proc.stderr
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "res").exists()
