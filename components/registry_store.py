@@ -91,7 +91,7 @@ def make_registry_client(cfg):
 
 def translate_error(err: Exception, what: str, endpoint: str | None, attempts: int) -> Exception:
     """Botocore/boto3 errors -> builtin errors with one line naming what failed (never credentials)."""
-    from boto3.exceptions import S3UploadFailedError
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
@@ -106,8 +106,8 @@ def translate_error(err: Exception, what: str, endpoint: str | None, attempts: i
                                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or an instance/pod role)")
     if isinstance(err, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)):
         return ConnectionError(f"S3 unreachable for {where} after {attempts} attempts: {type(err).__name__}")
-    if isinstance(err, S3UploadFailedError):
-        return ConnectionError(f"upload failed for {where} after retries: {str(err).splitlines()[0][:200]}")
+    if isinstance(err, (S3UploadFailedError, S3TransferFailedError)):
+        return ConnectionError(f"transfer failed for {where} after retries: {str(err).splitlines()[0][:200]}")
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -228,24 +228,31 @@ class RegistryStore:
 
     # ---- conditional-write probe
     def check_conditional_writes(self) -> None:
-        """Refuse to write to a store that silently ignores ``If-None-Match: *`` (immutability would be a lie)."""
+        """Refuse to write to a store that silently ignores If-None-Match / If-Match (immutability would be a lie).
+
+        Four requests on a scratch key: create (If-None-Match: *), create again (must be refused), replace with a
+        wrong ETag (must be refused), delete.
+        """
         key = f"{self.base}/.probe/{uuid.uuid4().hex}"
-        self.put_json(key, {"probe": True}, if_none_match=True)
+        self.put_json(key, {"probe": 1}, if_none_match=True)
+        ignored = []
         try:
-            self.put_json(key, {"probe": "second"}, if_none_match=True)
-        except ConflictError:
-            honoured = True
-        else:
-            honoured = False
+            for header, kwargs in (("If-None-Match", {"if_none_match": True}),
+                                   ("If-Match", {"if_match": '"00000000000000000000000000000000"'})):
+                try:
+                    self.put_json(key, {"probe": header}, **kwargs)
+                    ignored.append(header)
+                except ConflictError:
+                    pass
         finally:
             try:
                 self.delete(key)
             except OSError:  # best effort: a stray probe object is harmless
                 log.warning("could not delete probe object %s", key)
-        if not honoured:
+        if ignored:
             raise RegistryError(
-                f"the store at {redact_url(self.endpoint) or 'AWS'} ignores If-None-Match on PutObject, so versions "
-                "and aliases cannot be protected; use a store with conditional writes or set "
+                f"the store at {redact_url(self.endpoint) or 'AWS'} ignores {' and '.join(ignored)} on PutObject, so "
+                "versions and aliases cannot be protected; use a store with conditional writes or set "
                 "registry.require_conditional_writes=false (unsafe with concurrent writers)"
             )
 
@@ -319,7 +326,8 @@ class RegistryStore:
         self._call(self.uri(key), self.client.upload_file, local, self.bucket, key, Config=self.transfer_config())
 
     def download_file(self, key: str, local: str) -> None:
-        from botocore.exceptions import ClientError
+        from boto3.exceptions import S3TransferFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.download_file(self.bucket, key, local, Config=self.transfer_config())
@@ -327,9 +335,5 @@ class RegistryStore:
             if self._code(err) in ("NoSuchKey", "404"):
                 raise IntegrityError(f"missing object {self.uri(key)}") from None
             raise self._wrap(err, self.uri(key)) from None
-        except Exception as err:  # BotoCoreError and transfer errors
-            from botocore.exceptions import BotoCoreError
-
-            if isinstance(err, BotoCoreError):
-                raise self._wrap(err, self.uri(key)) from None
-            raise
+        except (BotoCoreError, S3TransferFailedError) as err:
+            raise self._wrap(err, self.uri(key)) from None

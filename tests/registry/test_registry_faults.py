@@ -87,3 +87,14 @@ def test_store_ignoring_conditional_writes_is_refused(project, fault_proxy):
         register(_via_proxy(project, fault_proxy), metrics_dir=project.metrics)
     store = RegistryStore(project.settings().registry)
     assert store.list_keys(store.base + "/") == []  # refused before claiming anything
+
+
+def test_no_credentials_is_one_clear_line(project, moto_server, tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("AWS_")}
+    env.update(PYTHONPATH=str(REPO), AWS_ENDPOINT_URL=moto_server, AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    proc = subprocess.run([sys.executable, "-m", "components", "--params", str(project.root / "params.yaml"),
+                           "register"], cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: register: no S3 credentials found for s3://"), lines
