@@ -276,6 +276,37 @@ def summary(
     Console().print(table)
 
 
+flow_app = typer.Typer(help="Run the pipeline as a Prefect flow (flows/, docs/orchestration.md).", no_args_is_help=True)
+app.add_typer(flow_app, name="flow")
+
+
+@flow_app.command("run")
+def flow_run(
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override written into params.yaml (as dvc exp run -S), repeatable.")] = None,
+    profile: Annotated[str | None, typer.Option(help="quick | full")] = None,
+    preset: Annotated[str | None, typer.Option(help="training preset (train.preset)")] = None,
+    label_fan_out: Annotated[int, typer.Option(help="label shards in N parallel processes (0 = sequential)")] = 0,
+    stop_after: Annotated[str | None, typer.Option(help="run the stages up to this one")] = None,
+    project_dir: Annotated[Path, typer.Option(help="the DVC project")] = Path("."),
+) -> None:
+    """Run every DVC stage through the Prefect flow distill_pipeline (PREFECT_API_URL, else ephemeral)."""
+    from flows.run import run_pipeline
+
+    raise typer.Exit(run_pipeline(project_dir, [*_State.overrides, *(set_ or [])], profile, preset, label_fan_out,
+                                  stop_after, log=typer.echo))
+
+
+@app.command("up")
+def up_cmd(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 4200,
+    worker: Annotated[bool, typer.Option(help="start a process worker for the askd-local pool")] = True,
+) -> None:
+    """Local Prefect server + process worker + the deployments of prefect.yaml; Ctrl-C stops them."""
+    from flows.up import up
+
+    raise typer.Exit(up(Path("."), port=port, worker=worker, log=typer.echo))
+
+
 def main() -> None:
     """Console-script entry point. Never reaches for a model/data hub: everything is local."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -92,11 +92,16 @@ def _read_shards(split_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _label_split(ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path, decode: Callable, progress) -> int:
-    """Label every unfinished shard of one split; returns the number of clips labelled now."""
+def _label_split(
+    ds, plan: list[list[int]], cfg: LabelSettings, split_dir: Path, decode: Callable, progress,
+    only: set[int] | None = None,
+) -> int:
+    """Label every unfinished shard of one split (or only the shard indices in ``only``); returns clips labelled now."""
     split_dir.mkdir(parents=True, exist_ok=True)
     done_now = 0
     for shard_idx, rows in enumerate(plan):
+        if only is not None and shard_idx not in only:
+            continue
         path = split_dir / SHARD_PATTERN.format(shard_idx)
         if path.exists():
             progress.update(len(rows))
@@ -272,3 +277,66 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
     if metrics["kept"] == 0:
         raise ValueError(f"the label stage kept no clips (see {out_dir / 'labels.csv'})")
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# fan-out: label disjoint shard sets in separate processes, then `pseudo_label` merges (flows/label_fanout.py)
+
+
+def plan_shards(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> dict[str, Any]:
+    """The shard plan ``pseudo_label`` follows: ``{"work_dir", "key", "shards": {split: count}, "done": {split: [i]}}``.
+
+    Also converts the teacher for the CTranslate2 engine once (``ensure_ct2`` is not safe against two processes
+    converting at the same moment), so workers started afterwards only load it.
+    """
+    import datasets
+
+    teacher_dir, prepared_dir = Path(teacher_dir), Path(prepared_dir)
+    if not (prepared_dir / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"no prepared dataset at '{prepared_dir}' (run the prepare stage first)")
+    prepared = datasets.load_from_disk(str(prepared_dir))
+    missing = [s for s in cfg.splits if s not in prepared]
+    if missing:
+        raise ValueError(f"label.splits {missing} not in the prepared dataset (has: {', '.join(prepared)})")
+    if cfg.engine == "ctranslate2":
+        from components.ct2_runtime import ensure_ct2
+
+        ensure_ct2(teacher_dir, cfg.ct2_compute_type)
+    key = work_key(cfg, teacher_dir, prepared_dir)
+    work = Path(cfg.work_dir) / key
+    shards = {s: len(_shard_plan(prepared[s], cfg)) for s in cfg.splits}
+    done = {
+        s: [i for i in range(n) if (work / s / SHARD_PATTERN.format(i)).exists()] for s, n in shards.items()
+    }
+    return {"work_dir": str(work), "key": key, "shards": shards, "done": done}
+
+
+def label_shards(
+    cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path, shards: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Label only ``shards`` (split -> shard indices of :func:`plan_shards`) into ``work_dir/<key>/``.
+
+    Writes the same atomic shard files ``pseudo_label`` writes, so a later ``pseudo_label`` (the DVC stage) finds
+    them finished and only merges and filters: the result equals a sequential run. Finished shards are skipped.
+    """
+    import datasets
+    from tqdm import tqdm
+
+    teacher_dir, prepared_dir = Path(teacher_dir), Path(prepared_dir)
+    prepared = datasets.load_from_disk(str(prepared_dir))
+    unknown = [s for s in shards if s not in cfg.splits or s not in prepared]
+    if unknown:
+        raise ValueError(f"splits {unknown} are not labelled by this configuration (label.splits: {list(cfg.splits)})")
+    decode, _ = _load_decoder(cfg, teacher_dir)
+    work = Path(cfg.work_dir) / work_key(cfg, teacher_dir, prepared_dir)
+    started = time.perf_counter()
+    labelled_now = 0
+    for split, indices in shards.items():
+        plan = _shard_plan(prepared[split], cfg)
+        bad = [i for i in indices if not 0 <= i < len(plan)]
+        if bad:
+            raise ValueError(f"split {split!r} has {len(plan)} shards; no shard {bad}")
+        with tqdm(total=sum(len(plan[i]) for i in indices), desc=f"label {split}", unit="clip") as progress:
+            labelled_now += _label_split(prepared[split], plan, cfg, work / split, decode, progress, set(indices))
+    return {"labelled_this_run": labelled_now, "seconds": round(time.perf_counter() - started, 2),
+            "shards": {s: sorted(i) for s, i in shards.items()}}

@@ -1,0 +1,151 @@
+"""Prefect UI artifacts from the stages' metrics files (``metrics/*.json``, ``reports/*.png``).
+
+The ``*_rows`` / ``*_markdown`` builders are pure (dict in, rows or text out); :func:`publish` reads a stage's
+files after it ran and creates the artifacts (keys are stable, so the UI keeps one versioned artifact per key).
+A metrics file that is absent is skipped with a log line, not an error: a stage may not exist in a given DAG.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+EMBED_MAX_BYTES = 512 * 1024  # plots larger than this are linked by path only
+PLOTS = ("eval_wer.png", "eval_wer_vs_speed.png")
+
+
+def _num(value: Any, digits: int = 2) -> Any:
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def prepare_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per split (clips, hours) plus one row per skip reason."""
+    rows = [{"split": split, "clips": n, "hours": _num((m.get("hours_by_split") or {}).get(split), 4)}
+            for split, n in sorted((m.get("split_sizes") or {}).items())]
+    rows.append({"split": "total kept", "clips": m.get("n_kept"), "hours": _num(m.get("hours_total"), 4)})
+    rows.append({"split": "skipped", "clips": m.get("n_skipped"), "hours": None})
+    rows += [{"split": f"skipped: {reason}", "clips": n, "hours": None}
+             for reason, n in sorted((m.get("skipped_by_reason") or {}).items())]
+    return rows
+
+
+def label_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per split: clips, labelled, kept, each drop reason, the teacher's WER vs the references."""
+    rows = []
+    for split, s in sorted((m.get("splits") or {}).items()):
+        row = {"split": split, "clips": s.get("clips"), "labelled": s.get("labelled"), "kept": s.get("kept"),
+               "kept_audio_only": s.get("kept_audio_only")}
+        row.update({f"dropped_{r}": n for r, n in sorted((s.get("dropped_by_reason") or {}).items())})
+        row["teacher_wer_percent"] = s.get("teacher_wer_percent")
+        rows.append(row)
+    return rows
+
+
+def eval_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (form, set): WER, CER, hallucination rate, WER delta vs the reference, decode seconds."""
+    deltas = m.get("wer_delta_points") or {}
+    rows = []
+    for form, f in sorted((m.get("forms") or {}).items()):
+        for set_name, s in sorted((f.get("sets") or {}).items()):
+            rows.append({"form": form, "set": set_name, "clips": s.get("clips"), "wer": _num(s.get("wer")),
+                         "cer": _num(s.get("cer")), "hallucination_rate": _num(s.get("hallucination_rate")),
+                         "wer_delta_points": _num((deltas.get(form) or {}).get(set_name)),
+                         "decode_seconds": _num(s.get("decode_seconds"))})
+    return rows
+
+
+def speed_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (form, measure): seconds, real-time factor, tokens/s and the speed-up vs the reference."""
+    speed = m.get("speed") or {}
+    speedup = speed.get("speedup") or {}
+    rows = []
+    for form, measures in sorted((speed.get("forms") or {}).items()):
+        for measure, v in sorted(measures.items()):
+            rows.append({"form": form, "measure": measure, "seconds": _num(v.get("seconds"), 4),
+                         "rtf": _num(v.get("rtf"), 4), "tokens_per_s": _num(v.get("tokens_per_s")),
+                         "speedup": _num((speedup.get(form) or {}).get(measure), 3)})
+    return rows
+
+
+def gate_markdown(m: dict[str, Any]) -> str:
+    verdict = "PASSED: the candidate may be registered" if m.get("passed") else "BLOCKED: the register stage is skipped"
+    lines = [f"# Gate: {verdict}", "", f"candidate `{m.get('candidate')}` vs reference `{m.get('reference')}`", ""]
+    lines += [f"- {'✅' if c.startswith('PASS') else '❌'} {c}" for c in m.get("checks") or []]
+    return "\n".join(lines) + "\n"
+
+
+def register_markdown(m: dict[str, Any]) -> str:
+    """The registered version (whatever scalar fields ``metrics/register.json`` holds, version key first)."""
+    first = [k for k in ("version_key", "key", "version", "uri", "alias", "aliases") if k in m]
+    rest = sorted(k for k in m if k not in first and not isinstance(m[k], (dict, list)))
+    lines = ["# Registered model", "", "| field | value |", "|---|---|"]
+    lines += [f"| {k} | `{m[k]}` |" for k in (*first, *rest)]
+    return "\n".join(lines) + "\n"
+
+
+def plots_markdown(reports_dir: Path, embed: bool = True) -> str | None:
+    """The evaluation plots: path on the worker, and the PNG embedded as a data URI when small enough."""
+    parts = ["# Evaluation plots", ""]
+    found = False
+    for name in PLOTS:
+        path = reports_dir / name
+        if not path.is_file():
+            continue
+        found = True
+        parts.append(f"**{name}**: `{path.resolve()}`")
+        if embed and path.stat().st_size <= EMBED_MAX_BYTES:
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts += ["", f"![{name}](data:image/png;base64,{data})"]
+        parts.append("")
+    return "\n".join(parts) if found else None
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def publish(stage: str, project_dir: str | Path, log=print) -> list[str]:
+    """Create the UI artifacts of ``stage`` from its files in ``project_dir``; returns the artifact keys."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    root = Path(project_dir)
+    metrics = _load(root / "metrics" / f"{stage}.json")
+    keys: list[str] = []
+    if metrics is None:
+        if stage in ("prepare", "label", "evaluate", "gate", "register"):
+            log(f"no metrics/{stage}.json in {root}: no artifact for stage {stage}")
+        return keys
+    if stage == "prepare":
+        create_table_artifact(prepare_rows(metrics), key="askd-prepare-counts",
+                              description=f"prepare: clips and hours per split, skipped clips by reason ({root})")
+        keys.append("askd-prepare-counts")
+    elif stage == "label":
+        create_table_artifact(label_rows(metrics), key="askd-label-counts",
+                              description="label: clips kept and dropped by the WER / hallucination filter")
+        keys.append("askd-label-counts")
+    elif stage == "evaluate":
+        create_table_artifact(eval_rows(metrics), key="askd-eval-wer",
+                              description="evaluate: WER / CER / hallucination rate per form and test set (percent)")
+        keys.append("askd-eval-wer")
+        if speed_rows(metrics):
+            create_table_artifact(speed_rows(metrics), key="askd-eval-speed",
+                                  description="evaluate: interleaved speed per form; speedup vs the reference")
+            keys.append("askd-eval-speed")
+        plots = plots_markdown(root / "reports")
+        if plots:
+            create_markdown_artifact(plots, key="askd-eval-plots", description="evaluation plots (reports/*.png)")
+            keys.append("askd-eval-plots")
+    elif stage == "gate":
+        create_markdown_artifact(gate_markdown(metrics), key="askd-gate",
+                                 description=f"gate: {'passed' if metrics.get('passed') else 'blocked'}")
+        keys.append("askd-gate")
+    elif stage == "register":
+        create_markdown_artifact(register_markdown(metrics), key="askd-register",
+                                 description="register: the version written to the model registry")
+        keys.append("askd-register")
+    return keys
