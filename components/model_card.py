@@ -48,6 +48,7 @@ def metrics_table(eval_metrics: dict[str, Any] | None, reference: str = "teacher
 def _recipe(settings: dict[str, Any]) -> list[str]:
     train = settings.get("train") or {}
     optim, askd, student = train.get("optim") or {}, train.get("askd") or {}, train.get("student") or {}
+    ce = askd.get("ce_weight") if askd.get("ce_weight") is not None else "1 - alpha - beta"
     return [
         f"- preset: `{train.get('preset')}`, profile: `{settings.get('profile')}`",
         f"- student: decoder layers {student.get('decoder_layers')}, encoder window {student.get('window_s')} s, "
@@ -56,7 +57,7 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"schedule {optim.get('lr_schedule')}",
         f"- loss: alpha {askd.get('alpha_schedule')} {askd.get('alpha_start')} → {askd.get('alpha_end')}, "
         f"self-teacher {askd.get('self_teacher')} (weight {askd.get('self_kd_weight')}), "
-        f"temperature {askd.get('temperature')}, CE weight {askd.get('ce_weight')}",
+        f"temperature {askd.get('temperature')}, CE weight {ce}",
     ]
 
 

@@ -77,7 +77,7 @@ Rule = Callable[[str, str, dict], "str | None"]  # (method, path, headers) -> ac
 
 class FaultProxy:
     """HTTP proxy to moto. ``rule(method, path, headers)`` returns None (forward) or an action:
-    '500' (answer 500 InternalError), 'drop' (close without answering, nothing forwarded),
+    '500' (answer 500 InternalError), '503' (503 SlowDown, S3's throttling answer), 'drop' (close without answering, nothing forwarded),
     'lose' (forward, then close without answering), 'strip' (forward without If-Match/If-None-Match)."""
 
     def __init__(self, upstream: str):
@@ -118,9 +118,10 @@ class FaultProxy:
                 if action == "drop":
                     self.close_connection = True
                     return
-                if action == "500":
-                    payload = b"<Error><Code>InternalError</Code><Message>injected fault</Message></Error>"
-                    self.send_response(500)
+                if action in ("500", "503"):
+                    code = b"InternalError" if action == "500" else b"SlowDown"  # 503 SlowDown = S3 throttling
+                    payload = b"<Error><Code>" + code + b"</Code><Message>injected fault</Message></Error>"
+                    self.send_response(int(action))
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

@@ -29,6 +29,13 @@ def test_http_500s_are_retried(project, fault_proxy):
     assert first[0][:2] == first[1][:2] == first[2][:2]  # the same request, sent three times
 
 
+def test_throttling_is_retried(project, fault_proxy):
+    is_write = lambda m, p: m == "PUT"  # noqa: E731
+    fault_proxy.rule = fail_first(2, "503", is_write)
+    result = register(_via_proxy(project, fault_proxy), metrics_dir=project.metrics)
+    assert result["registered"] and fault_proxy.actions("503") == 2
+
+
 def test_dropped_connections_are_retried(project, fault_proxy):
     is_upload = lambda m, p: m == "PUT" and "/files/" in p  # noqa: E731
     fault_proxy.rule = fail_first(2, "drop", is_upload)
