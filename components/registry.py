@@ -196,8 +196,11 @@ def register(settings, *, force: bool = False, reason: str | None = None, versio
         def up(item: tuple[str, Path]) -> None:
             store.upload_file(str(item[1]), store.file_key(number, item[0]))
 
-        with ThreadPoolExecutor(max_workers=cfg.transfer_workers) as pool:
-            list(pool.map(up, files))
+        try:
+            with ThreadPoolExecutor(max_workers=cfg.transfer_workers) as pool:
+                list(pool.map(up, files))
+        except (OSError, ValueError) as err:
+            raise type(err)(f"{err}; version {number} stays incomplete and is never listed") from None
 
     manifest = {
         "schema": MANIFEST_SCHEMA, "model_name": cfg.model_name, "version": number, "created_at": created_at,

@@ -107,7 +107,8 @@ def translate_error(err: Exception, what: str, endpoint: str | None, attempts: i
     if isinstance(err, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)):
         return ConnectionError(f"S3 unreachable for {where} after {attempts} attempts: {type(err).__name__}")
     if isinstance(err, (S3UploadFailedError, S3TransferFailedError)):
-        return ConnectionError(f"transfer failed for {where} after retries: {str(err).splitlines()[0][:200]}")
+        inner = str(err).splitlines()[0].split(": ", 1)[-1]  # drop boto3's "Failed to upload <path> to <key>"
+        return ConnectionError(f"transfer failed for {where}: {inner[:240]}")
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
