@@ -201,3 +201,10 @@ def test_every_registry_command_has_help():
                  ["registry", "promote"], ["registry", "rollback"], ["registry", "pull"], ["registry", "verify"]):
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, path
+
+
+def test_missing_bucket_is_one_clear_error(project):
+    result = _cli(project, "--set", "registry.bucket=askd-no-such-bucket", "registry", "list")
+    assert result.exit_code == 1
+    assert "error: registry list: S3 bucket not found: s3://askd-no-such-bucket/" in result.output
+    assert "the registry never does" in result.output
