@@ -86,6 +86,8 @@ def headlines(name: str, r: dict) -> list[tuple[str, str, str]]:
             ("train step, recompute encoder (s/step)", _fmt(r["seconds_per_step"]["recompute"], digits=3), how),
             ("train step speed-up cached vs recompute", _fmt(r["speedup_cached_vs_recompute"], "x"),
              f"target >= {r['target_speedup']}x: {'met' if r['meets_target'] else 'NOT met'}"),
+            ("train step FLOP ratio recompute / cached", _fmt(r["flop_ratio_recompute_vs_cached"], "x"),
+             "counted matmul/conv/attention FLOPs (forward + backward), load-independent"),
         ]
     if name == "speed":
         s = r["settings"]

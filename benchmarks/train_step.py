@@ -11,7 +11,9 @@ only in where the encoder states come from:
 
 Same student weights at the start (two copies, one optimiser each), same batches (step ``k`` of round ``r``
 is global step ``r * steps + k`` for both), interleaved rounds (order reversed every other round), one untimed
-warm-up step each; the minimum seconds per step over rounds is reported. The self-teacher (ASKD stage B) and
+warm-up step each (its FLOPs are counted: ``flop_ratio_recompute_vs_cached`` is the speed-up a machine whose
+time followed matmul FLOPs would show, a load-independent cross-check); the minimum seconds per step over rounds
+is reported. The self-teacher (ASKD stage B) and
 EMA update are left out: they cost the same in both methods (early steps of the schedule have beta = 0).
 The cache build time is reported separately (a one-off cost per teacher and window, reused across runs).
 
@@ -174,8 +176,13 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             first = {m: float(loss_of(m, 0)[0]) for m in students}
         total_steps = args.rounds * args.steps
-        for method in students:  # warm-up (untimed) on a step outside the timed range
-            train_step(method, total_steps)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        flops = {}
+        for method in students:  # warm-up (untimed) on a step outside the timed range, FLOPs counted
+            with FlopCounterMode(display=False) as counter:
+                train_step(method, total_steps)
+            flops[method] = int(counter.get_total_flops())
 
         times: dict[str, list[float]] = {m: [] for m in students}
         for r in range(args.rounds):
@@ -202,6 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
             "cache_fill": {"seconds": round(cache_fill_s, 3), "clips": n,
                            "clips_per_s": round(n / cache_fill_s, 3) if cache_fill_s > 0 else None,
                            "dtype": "float16"},
+            "flops_per_step": flops,
+            "flop_ratio_recompute_vs_cached": round(flops["recompute"] / flops["cached"], 3) if flops["cached"] else None,
+            "flops_note": "torch.utils.flop_counter (matmul/conv/attention, forward + backward; not the optimiser "
+                          "or element-wise ops): the speed-up if time followed FLOPs, independent of machine load",
             "first_step_loss": {m: round(v, 6) for m, v in first.items()},
             "first_step_loss_abs_diff": round(abs(first["cached"] - first["recompute"]), 6),
             "statistic": "min over interleaved rounds of (round seconds / steps)",

@@ -57,6 +57,7 @@ def test_smoke_run_writes_every_result_and_the_summary(smoke_results):
     assert train["speedup_cached_vs_recompute"] == pytest.approx(step["recompute"] / step["cached"], rel=0.01)
     assert train["teacher_kind"] == "given" and train["data"].startswith("synthetic")
     assert train["first_step_loss_abs_diff"] < 0.05 * train["first_step_loss"]["recompute"]  # fp16 cache only
+    assert train["flops_per_step"]["recompute"] > train["flops_per_step"]["cached"] > 0  # the encoder really ran
 
     speed = data["speed"]
     rows = {row["form"] + "/" + row["versus"]: row for row in speed["speedup_table"]}
