@@ -14,7 +14,7 @@ The scripts run in this process, one after the other (nothing in parallel: timin
 benchmark is recorded in SUMMARY.md and makes the exit status 1; the others still run.
 
     python benchmarks/run_all.py                 # everything, each script's defaults (~10 min on 2 cores)
-    python benchmarks/run_all.py --smoke         # minimal clips/rounds: checks that everything runs
+    python benchmarks/run_all.py --smoke         # minimal clips/rounds, into benchmarks/results/tmp/smoke
     python benchmarks/run_all.py --e2e run       # also re-runs the whole pipeline (`dvc repro`, ~30 min)
 """
 
@@ -149,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=str(REPO))
     parser.add_argument("--e2e", choices=("from-metrics", "run", "trivial"), default="from-metrics",
                         help="pipeline_e2e mode (run: really runs `dvc repro`, ~30 min)")
-    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    parser.add_argument("--results-dir", default=None,
+                        help="default: benchmarks/results (--smoke: benchmarks/results/tmp/smoke, git-ignored)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke and args.results_dir is None:  # smoke figures must never overwrite the real results
+        args.results_dir = str(results_dir() / "tmp" / "smoke")
     args.results_dir = results_dir(args.results_dir)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     wanted = [n.strip() for n in args.only.split(",")] if args.only else list(ORDER)
