@@ -131,3 +131,16 @@ def test_dvc_noop_refuses_the_real_repo_when_not_up_to_date(tmp_path):
                           timeout=120)
     assert proc.returncode != 0 and "refusing to time dvc repro" in proc.stderr
     assert not (tmp_path / "out.txt").exists() and not (tmp_path / "res").exists()
+
+
+def test_a_failing_benchmark_is_reported_and_fails_the_run(tmp_path):
+    """No metrics to read: pipeline_e2e fails; run_all records it in SUMMARY.md and returns 1."""
+    from benchmarks import run_all
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  a: {cmd: x, metrics: [metrics/a.json: {cache: false}]}\n")
+    results = tmp_path / "results"
+    code = run_all.main(["--only", "pipeline_e2e", "--repo", str(tmp_path), "--results-dir", str(results)])
+    assert code == 1
+    assert "| pipeline_e2e | FAILED | – | SystemExit: no stage metrics" in (results / "SUMMARY.md").read_text()
+    assert set(json.loads((results / "run_all.json").read_text())["failed"]) == {"pipeline_e2e"}
+    assert not (results / "pipeline_e2e.json").exists()
