@@ -14,6 +14,7 @@ from typing import Any
 
 EMBED_MAX_BYTES = 512 * 1024  # plots larger than this are linked by path only
 PLOTS = ("eval_wer.png", "eval_wer_vs_speed.png")
+METRICS_FILES = {"evaluate": "eval"}  # stage -> metrics/<name>.json where the names differ
 
 
 def _num(value: Any, digits: int = 2) -> Any:
@@ -114,11 +115,12 @@ def publish(stage: str, project_dir: str | Path, log=print) -> list[str]:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     root = Path(project_dir)
-    metrics = _load(root / "metrics" / f"{stage}.json")
+    metrics_file = root / "metrics" / f"{METRICS_FILES.get(stage, stage)}.json"
+    metrics = _load(metrics_file)
     keys: list[str] = []
     if metrics is None:
         if stage in ("prepare", "label", "evaluate", "gate", "register"):
-            log(f"no metrics/{stage}.json in {root}: no artifact for stage {stage}")
+            log(f"no {metrics_file} : no artifact for stage {stage}")
         return keys
     if stage == "prepare":
         create_table_artifact(prepare_rows(metrics), key="askd-prepare-counts",

@@ -142,7 +142,7 @@ def up(project_dir: Path = Path("."), port: int = 4200, worker: bool = True, dep
                                   stderr=subprocess.STDOUT, start_new_session=True)
         children.append(("server", server, SERVER_STOP_TIMEOUT_S, (signal.SIGINT, signal.SIGTERM)))
         waited = wait_healthy(api, server)
-        log(f"server ready in {waited:.1f} s")
+        log(f"server ready in {waited:.1f} s (pid {server.pid}, log: {logs / 'server.log'})")
         if deploy:
             ensure_work_pools(env, project_dir)
             deploy_all(env, project_dir)
@@ -152,7 +152,7 @@ def up(project_dir: Path = Path("."), port: int = 4200, worker: bool = True, dep
                                     cwd=project_dir, env=env, stdout=(logs / "worker.log").open("ab"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
             children.append(("worker", proc, WORKER_STOP_TIMEOUT_S, (signal.SIGINT, signal.SIGTERM)))
-            log(f"process worker started on pool {LOCAL_POOL} (log: {logs / 'worker.log'})")
+            log(f"process worker started on pool {LOCAL_POOL} (pid {proc.pid}, log: {logs / 'worker.log'})")
         log(f"Prefect UI: {ui}")
         log("open it, go to Deployments -> distill_pipeline/local -> Run, fill the form. Ctrl-C stops everything.")
         while True:

@@ -1,0 +1,110 @@
+"""The whole chain through distill_pipeline (real tiny.en teacher, tiny synthetic corpus, real Prefect server).
+
+One run covers: DVC stage order, label fan-out over 2 processes merged by the stage, artifacts in the UI, a blocked
+gate stopping the flow before register, then a passing gate with a flaky register that the flow retries, and a
+workspace that `dvc repro` finds up to date afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.flows.conftest import REPO, artifacts_of, dvc, git_dvc_init, task_runs, write_flaky_register
+
+TINY = {
+    "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
+              "longform_min_s": 6.0, "longform_max_s": 9.0, "workers": 1},
+    "label": {"wer_threshold_percent": 100.0, "max_new_tokens": 64, "shard_size": 2},
+    "train": {"optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "lr": 0.0003},
+              "eval_every_steps": 2, "eval_max_clips": 2, "save_every_steps": 2, "early_stopping_patience": None},
+    "evaluate": {"max_new_tokens": 48, "exports": ["torch_int8"], "speed_clips": 1, "speed_rounds": 1,
+                 "speed_protocols": ["natural"]},
+}
+STAGES = ["teacher", "synth", "prepare", "label", "train", "evaluate", "gate", "register"]
+PASSING_GATE = ["gate.min_speedup=0.001", "gate.max_hallucination_rate=100", "gate.max_wer_delta_points.test=1000",
+                "gate.max_wer_delta_points.test_ood=1000", "gate.max_wer_delta_points.test_longform=1000"]
+
+
+@pytest.fixture
+def pipeline_project(tmp_path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        for key, value in values.items():
+            params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_flaky_register(root)
+    git_dvc_init(root)
+    return root
+
+
+def _table(artifact) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+@pytest.mark.slow
+def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
+    from flows.dvc_stages import stage_order
+    from flows.pipeline import distill_pipeline
+
+    root = pipeline_project
+    assert stage_order(root) == STAGES
+
+    # run 1: the real gate thresholds cannot be met by a 4-step student; impossible speed-up on top
+    state = distill_pipeline(project_dir=str(root), overrides=["gate.min_speedup=1000"], label_fan_out=2,
+                             return_state=True)
+    assert state.is_completed(), state
+    assert state.message.startswith("gate blocked") and "register" in state.message
+    summary = state.result()
+    assert list(summary["stages"]) == STAGES[:-1] and all(r["ran"] for r in summary["stages"].values())
+    runs = task_runs(state.state_details.flow_run_id)
+    names = [t.name for t in sorted(runs, key=lambda t: t.expected_start_time)]
+    assert [n for n in names if n in STAGES] == STAGES[:-1] and "register" not in names
+    assert not (root / "register_attempts.txt").exists()
+
+    # the label shards came from 2 worker processes; the DVC stage only merged them
+    assert summary["label_fan_out"]["workers"] == 2 and summary["label_fan_out"]["labelled_this_run"] == 6
+    label = json.loads((root / "metrics" / "label.json").read_text())
+    assert label["labelled_this_run"] == 0 and label["resumed_clips"] == 6
+    assert label["splits"]["train"]["labelled"] == 4 and label["splits"]["validation"]["labelled"] == 2
+
+    found = artifacts_of(state.state_details.flow_run_id)
+    assert {"askd-params", "askd-prepare-counts", "askd-label-counts", "askd-eval-wer", "askd-eval-speed",
+            "askd-eval-plots", "askd-gate"} <= set(found), sorted(found)
+    prepare_rows = {r["split"]: r for r in _table(found["askd-prepare-counts"])}
+    assert prepare_rows["train"]["clips"] == 4 and prepare_rows["test_longform"]["clips"] == 1
+    label_rows = {r["split"]: r for r in _table(found["askd-label-counts"])}
+    assert label_rows["train"]["labelled"] == 4 and "dropped_wer" in label_rows["train"]
+    wer_rows = _table(found["askd-eval-wer"])
+    assert {(r["form"], r["set"]) for r in wer_rows} >= {("student", "test"), ("teacher", "test_ood")}
+    assert all(isinstance(r["wer"], (int, float)) for r in wer_rows)
+    assert any(r["form"] == "student" and r["speedup"] for r in _table(found["askd-eval-speed"]))
+    assert "data:image/png;base64," in found["askd-eval-plots"].data
+    assert "BLOCKED" in found["askd-gate"].data and "FAIL speed" in found["askd-gate"].data
+
+    # run 2: a passing gate; only gate and register run, register fails once and is retried
+    state = distill_pipeline(project_dir=str(root), overrides=PASSING_GATE, retry_delay_s=0.2, return_state=True)
+    assert state.is_completed() and not state.message, state
+    summary = state.result()
+    assert summary["gate"]["passed"] is True
+    assert [s for s, r in summary["stages"].items() if r["ran"]] == ["gate", "register"]
+    runs = {t.name: t for t in task_runs(state.state_details.flow_run_id)}
+    assert runs["register"].run_count == 2 and runs["register"].state.is_completed()
+    assert "registry/whisper-askd-student/versions/1" in artifacts_of(state.state_details.flow_run_id)["askd-register"].data
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert lock["gate"]["params"]["params.yaml"]["gate"]["min_speedup"] == 0.001
+    assert set(lock) == set(STAGES)
+
+    # the flow leaves nothing for DVC to do
+    assert dvc("status", "--json", cwd=root).stdout.strip() == "{}"
+    again = dvc("repro", cwd=root)
+    assert "Running stage" not in again.stdout
