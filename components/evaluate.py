@@ -259,6 +259,14 @@ def load_prepared_sets(prepared_dir: Path, names, max_clips: int | None = None) 
     return sets, missing
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def load_manifest(path: str | Path) -> EvalSet:
     """A CSV with ``audio`` and ``text`` columns (audio paths relative to the CSV) as one :class:`EvalSet`.
 
@@ -270,12 +278,16 @@ def load_manifest(path: str | Path) -> EvalSet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        if "audio" not in columns or "text" not in columns:
-            raise ManifestError(f"manifest {path} needs 'audio' and 'text' columns (has: {', '.join(columns)})")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            if "audio" not in columns or "text" not in columns:
+                raise ManifestError(f"manifest {path} needs 'audio' and 'text' columns (has: {', '.join(columns)})")
+            rows = list(reader)
+    except UnicodeDecodeError:
+        line = next(n for n, raw in enumerate(path.read_bytes().splitlines(), start=1) if not _is_utf8(raw))
+        raise ManifestError(f"manifest {path} is not UTF-8 (first bad byte on line {line}): re-save it as UTF-8") from None
     if not rows:
         raise ManifestError(f"manifest {path} has no rows")
     ids, audios, refs, bad = [], [], [], []

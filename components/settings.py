@@ -186,6 +186,12 @@ class OptimSettings(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="GPU only; CPU runs fp32")
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        # `dvc exp run -S` rewrites params.yaml and drops the quotes of "no", which YAML 1.1 then reads as False
+        return "no" if v is False else v
+
 
 class AskdSchedule(_Section):
     """ASKD: teacher weight alpha(t) decays (stage A), then a self-teacher takes over (stage B).

@@ -275,27 +275,16 @@ def _latin1_manifest(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_bytes("audio,text\na.wav,caf\xe9 au lait\n".encode("latin-1"))
 
 
-def test_evaluate_manifest_not_utf8_is_one_error(askd, tmp_path, tiny_whisper_dir):
-    _latin1_manifest(tmp_path)
-    assert_clear_error(askd("evaluate", "--manifest", "m.csv", "--model", str(tiny_whisper_dir), "--out", "o.json"),
-                       "evaluate:", "can't decode byte 0xe9")
-
-
-@pytest.mark.xfail(strict=True, reason="components/evaluate.py load_manifest reads the CSV as strict UTF-8: the "
-                   "error is one line but names neither the file nor the fix (see docs/bad-input.md)")
 def test_evaluate_manifest_not_utf8_names_the_file(askd, tmp_path, tiny_whisper_dir):
     _latin1_manifest(tmp_path)
     assert_clear_error(askd("evaluate", "--manifest", "m.csv", "--model", str(tiny_whisper_dir), "--out", "o.json"),
-                       "m.csv", "UTF-8")
+                       "m.csv", "not UTF-8", "line 2")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # `dvc exp run -S key=value` rewrites params.yaml with DVC's own writer (YAML 1.2, ruamel)
 
 
-@pytest.mark.xfail(strict=True, raises=SettingsError, reason="DVC's writer drops the quotes of `mixed_precision: \"no\"`; PyYAML (YAML 1.1) "
-                   "then reads False and components/settings.py rejects it, so any plain `dvc exp run -S ...` fails "
-                   "(flows/ re-quotes after writing; settings.py should accept False as 'no'). See docs/troubleshooting.md")
 def test_params_written_by_dvc_exp_run_set_stay_valid(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
