@@ -162,7 +162,7 @@ def toy_project(tmp_path) -> Path:
     return root
 
 
-def task_runs(flow_run_id, settle_s: float = 2.0, timeout_s: float = 60.0) -> list:
+def task_runs(flow_run_id, settle_s: float = 1.0, timeout_s: float = 60.0) -> list:
     """Every task run of a flow run as the server recorded it, with final states.
 
     Prefect 3 reports task runs through events that the server records asynchronously: drain the client's
