@@ -125,41 +125,7 @@ def apply_overrides(project_dir: str | Path, overrides: list[str]) -> dict[str, 
     validate_overrides(project_dir, overrides)
     if overrides:
         dvc_apply_overrides(str(params), list(overrides))
-        requote_yaml11_ambiguous(params)
     return settings_as_dict(load_settings(params))  # the file as written must still be valid
-
-
-def requote_yaml11_ambiguous(path: str | Path) -> list[str]:
-    """Quote string values that DVC (YAML 1.2) reads as strings but PyYAML (YAML 1.1) does not, e.g. ``no``.
-
-    DVC's round-trip writer drops the quotes of ``mixed_precision: "no"``; DVC itself still reads the string
-    ``"no"``, but ``components.settings`` reads params.yaml with PyYAML, where a bare ``no`` is ``False``. The
-    quotes change nothing DVC sees (same parsed values, so the same ``dvc.lock``). Returns the keys re-quoted.
-    """
-    import yaml
-    from dvc.utils.serialize import modify_yaml
-    from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString
-
-    fixed: list[str] = []
-
-    def walk(node, prefix: str) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, value in list(items):
-            where = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, (dict, list)):
-                walk(value, where)
-            elif isinstance(value, str) and not isinstance(value, ScalarString):
-                try:
-                    as_yaml11 = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    continue
-                if not isinstance(as_yaml11, str):
-                    node[key] = DoubleQuotedScalarString(value)
-                    fixed.append(where)
-
-    with modify_yaml(str(path)) as data:
-        walk(data, "")
-    return fixed
 
 
 def _pump(stream, name: str, lines: queue.Queue) -> None:

@@ -80,6 +80,7 @@ def test_blocked_gate_stops_before_register_then_register_is_retried(prefect_api
     for stage in ("a", "b", "gate"):
         assert flow_lock[stage] == exp_lock[stage], stage
     assert _dvc_params(toy_project) == _dvc_params(twin)
+    assert (toy_project / "params.yaml").read_text() == (twin / "params.yaml").read_text()  # the same edit
 
 
 def test_failing_stage_fails_the_flow_with_its_stderr(prefect_api, toy_project):
