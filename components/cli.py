@@ -273,7 +273,40 @@ def summary(
                 value = f"{sum(value.values())} ({', '.join(f'{k} {v}' for k, v in value.items())})"
             if value is not None:
                 table.add_row(stage, label, str(value))
-    Console().print(table)
+    for stage, label, value in _late_stage_rows(metrics_dir):
+        table.add_row(stage, label, value)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)  # piped or in a log: wide enough for one line per row
+    out.print(table)
+
+
+def _late_stage_rows(metrics_dir: Path) -> list[tuple[str, str, str]]:
+    """evaluate (WER per form and set, speed-ups), gate (decision, reasons) and register rows for `summary`."""
+    rows: list[tuple[str, str, str]] = []
+    path = metrics_dir / "eval.json"
+    if path.is_file():
+        ev = json.loads(path.read_text())
+        for name, form in (ev.get("forms") or {}).items():
+            wers = ", ".join(f"{s} {m['wer']:.2f}" for s, m in (form.get("sets") or {}).items())
+            rows.append(("evaluate", f"{name} WER %", wers))
+        speed = ev.get("speed") or {}
+        for name, ups in (speed.get("speedup") or {}).items():
+            rows.append(("evaluate", f"{name} speed-up vs teacher", ", ".join(f"{k} {v:.2f}x" for k, v in ups.items())))
+        for name, ups in (speed.get("speedup_same_runtime") or {}).items():
+            shown = ", ".join(f"{k} {v:.2f}x" for k, v in ups.items() if k != "versus")
+            rows.append(("evaluate", f"{name} speed-up vs {ups.get('versus')}", shown))
+    path = metrics_dir / "gate.json"
+    if path.is_file():
+        gate = json.loads(path.read_text())
+        rows.append(("gate", "decision", "PASSED" if gate.get("passed") else "BLOCKED"))
+        rows += [("gate", "reason", r.split(":")[0]) for r in gate.get("reasons") or []]
+    path = metrics_dir / "register.json"
+    if path.is_file():
+        reg = json.loads(path.read_text())
+        shown = f"version {reg.get('version')} at {reg.get('uri')}" if reg.get("registered") else reg.get("reason")
+        rows.append(("register", "registered" if reg.get("registered") else "not registered", str(shown)))
+    return rows
 
 
 flow_app = typer.Typer(help="Run the pipeline as a Prefect flow (flows/, docs/orchestration.md).", no_args_is_help=True)
