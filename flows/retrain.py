@@ -106,7 +106,7 @@ def retrain_on_new_data(
     if not seen:
         logger.info("first poll of %s: %d objects", s3_uri, len(listing))
     logger.info("new data under %s: %s", s3_uri, {k: len(v) for k, v in changes.items()})
-    extra = [f"prepare.source=s3", f"prepare.input='{s3_uri}'"] if use_as_prepare_input else []
+    extra = ["prepare.source=s3", f"prepare.input='{s3_uri}'"] if use_as_prepare_input else []
     state = distill_pipeline(profile=profile, preset=preset, overrides=[*extra, *(overrides or [])],
                              project_dir=project_dir, label_fan_out=label_fan_out, pull=pull, push=push,
                              return_state=True)

@@ -7,7 +7,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.flows.conftest import artifacts_of, dvc, git_dvc_init, run, task_runs
