@@ -6,12 +6,14 @@ export (``ct2_float32`` / ``ct2_int8``, :mod:`components.ct2_runtime`; works for
 Exports are written under ``exports_dir/<model>-<export>/`` and can be loaded back with :func:`load_form`.
 
 Decoding: greedy (``num_beams``), ``max_new_tokens``, ``batch_size``, no timestamps, the same for every form.
-Long-form: **chunked**, the algorithm of transformers' ASR pipeline with ``chunk_length_s`` = the form's own
-window and ``stride_length_s`` = window / 6 on each side (its default): a clip longer than the window is cut into
-overlapping windows, every window is decoded short-form (batched with the other clips), and the windows' tokens
-are merged by the longest common sequence (``_find_longest_common_sequence`` of transformers' Whisper tokenizer,
-what the pipeline uses without timestamps). Chosen over sequential long-form because the student was trained
-without timestamp tokens, which sequential decoding needs, and because it runs on every backend (CT2 included).
+Long-form (``longform``, clips longer than a form's window): **silence** (default) cuts the clip at pauses into
+consecutive segments of at most the window (:func:`components.speed.silence_spans`: energy minimum in the second
+half of each window, the idea of the VAD segmentation of faster-whisper / WhisperX), decodes every segment
+short-form (batched with the other clips) and joins their tokens. **chunked** is the algorithm of transformers' ASR
+pipeline with ``chunk_length_s`` = the form's window and ``stride_length_s`` = window / 6 on each side: overlapping
+windows whose tokens are merged by the longest common sequence. Measured on the quick student, windows cut
+mid-word make a 2-layer decoder loop, so pauses are the default. Both beat sequential long-form here because the
+student was trained without timestamp tokens, which sequential decoding needs, and both run on every backend.
 The 30 s teacher decodes the 20-28 s clips in one window; the 10 s student in 3-4 windows.
 
 Metrics per set (corpus level, percent, text normalised by Whisper's English normaliser, components.text):
@@ -40,7 +42,11 @@ from components.text import cer, normalize, wer
 from components.whisper_io import SAMPLE_RATE_HZ, load_whisper
 
 NORMALISER = "transformers EnglishTextNormalizer (Whisper), empty spelling table (components.text)"
-LONGFORM = "chunked: window = the form's encoder window, stride = window/6 each side, LCS token merge (ASR pipeline)"
+LONGFORM = {
+    "silence": "cut at pauses: segments <= the form's encoder window, each cut at the quietest 0.1 s of the window's "
+               "second half; segment tokens joined",
+    "chunked": "chunked: window = the form's encoder window, stride = window/6 each side, LCS token merge (ASR pipeline)",
+}
 EXPORT_MANIFEST = "askd_export.json"
 INT8_STATE_FILE = "model_int8.pt"
 EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8")
@@ -316,13 +322,16 @@ def load_manifest(path: str | Path) -> EvalSet:
 # evaluation
 
 
-def evaluate_form(form: Form, sets: list[EvalSet], cfg) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics per set for one form, plus per-clip prediction rows."""
+def evaluate_form(form: Form, sets: list[EvalSet], cfg, progress=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics per set for one form, plus per-clip prediction rows (``progress``: a tqdm bar, one tick per set)."""
     metrics, rows = {}, []
     for s in sets:
+        if progress is not None:
+            progress.set_postfix_str(f"{form.name} on {s.name} ({len(s.audios)} clips)")
         started = time.perf_counter()
         outs = form.decode(s.audios, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                           num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction)
+                           num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction,
+                           longform=cfg.longform)
         seconds = time.perf_counter() - started
         hyps, counts = [o[1] for o in outs], [len(o[0]) for o in outs]
         m = set_metrics(s.references, hyps, counts, s.durations_s, repetition_threshold=cfg.repetition_threshold,
@@ -334,6 +343,8 @@ def evaluate_form(form: Form, sets: list[EvalSet], cfg) -> tuple[dict[str, Any],
             rows.append({"form": form.name, "set": s.name, "id": clip_id, "reference": ref, "hypothesis": hyp,
                          "wer": round(wer([ref], [hyp]), 2) if has_words(ref) else "", "tokens": len(ids),
                          "windows": windows})
+        if progress is not None:
+            progress.update(1)
     return metrics, rows
 
 
@@ -349,7 +360,7 @@ def protocol(cfg, forms: list[Form]) -> dict[str, Any]:
         "normaliser": NORMALISER,
         "decode": {"num_beams": cfg.num_beams, "do_sample": False, "max_new_tokens": cfg.max_new_tokens,
                    "batch_size": cfg.batch_size, "return_timestamps": False, "length_sorted": True},
-        "longform": LONGFORM,
+        "longform": LONGFORM[cfg.longform],
         "longform_stride_fraction": cfg.longform_stride_fraction,
         "hallucination": {"repetition_threshold": cfg.repetition_threshold, "ngram": 3,
                           "max_tokens_per_s": cfg.max_tokens_per_s},
@@ -396,10 +407,13 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path) 
     forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)})
     results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status}
     rows: list[dict[str, Any]] = []
-    for form in forms:
-        per_set, form_rows = evaluate_form(form, sets, cfg)
-        results["forms"][form.name] = {**form_summary(form), "sets": per_set}
-        rows += form_rows
+    from tqdm import tqdm
+
+    with tqdm(total=len(forms) * len(sets), desc="evaluate", unit="set", dynamic_ncols=True) as bar:
+        for form in forms:
+            per_set, form_rows = evaluate_form(form, sets, cfg, bar)
+            results["forms"][form.name] = {**form_summary(form), "sets": per_set}
+            rows += form_rows
     teacher_sets = results["forms"]["teacher"]["sets"]
     results["wer_delta_points"] = {
         name: {s: round(f["sets"][s]["wer"] - teacher_sets[s]["wer"], 3) for s in teacher_sets}
@@ -408,6 +422,7 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path) 
     by_name = {s.name: s for s in sets}
     if cfg.speed_clips > 0 and cfg.speed_set in by_name:
         audios = speed_sample(by_name[cfg.speed_set].audios, cfg.speed_clips, min(f.window_samples for f in forms))
+        tqdm.write(f"speed: {len(forms)} forms x {len(audios)} clips, {cfg.speed_rounds} interleaved rounds")
         results["speed"] = measure_speed(forms, audios, cfg, reference="teacher")
     results["protocol"] = protocol(cfg, forms)
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -445,5 +460,6 @@ def transcribe_files(cfg, model_path: Path, audio_paths: list[Path]) -> list[tup
     form = load_form(model_path)
     audios = [decode_audio(p)[0] for p in audio_paths]
     outs = form.decode(audios, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                       num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction)
+                       num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction,
+                       longform=cfg.longform)
     return [(str(p), text) for p, (_, text, _) in zip(audio_paths, outs, strict=True)]

@@ -264,6 +264,9 @@ class EvalSettings(_Section):
     num_beams: int = Field(1, ge=1)
     max_new_tokens: int = Field(128, ge=1, le=444, description="per window (long-form: per chunk)")
     max_clips: int | None = Field(None, ge=1, description="first N clips per set (smoke runs)")
+    longform: Literal["silence", "chunked"] = Field(
+        "silence", description="clips longer than a form's window: cut at pauses, or overlapping chunks (pipeline)"
+    )
     longform_stride_fraction: float = Field(
         1 / 6, gt=0, lt=0.5, description="chunked long-form: stride each side as a share of the window (pipeline)"
     )

@@ -38,6 +38,7 @@ import numpy as np
 from components.whisper_io import SAMPLE_RATE_HZ, _strip_generated, generate_tokens
 
 PROTOCOLS = ("natural", "fixed")
+LONGFORM_MODES = ("silence", "chunked")
 PACKAGES = ("torch", "transformers", "ctranslate2", "numpy", "datasets", "jiwer", "tokenizers")
 
 
@@ -70,6 +71,39 @@ def chunk_spans(n_samples: int, window: int, stride: int) -> list[tuple[int, int
         spans.append((start, min(start + window, n_samples)))
         if start + window >= n_samples:
             break
+    return spans
+
+
+SILENCE_FRAME_S = 0.02  # energy frame for silence cuts (seconds)
+SILENCE_SMOOTH_FRAMES = 5  # moving average over 0.1 s, so a cut lands in a pause, not between two syllables
+SILENCE_MIN_FILL = 0.5  # a cut is searched in the last half of the window: segments are at least half a window
+
+
+def silence_spans(audio: np.ndarray, window: int, sample_rate: int = SAMPLE_RATE_HZ) -> list[tuple[int, int]]:
+    """Consecutive, non-overlapping ``(start, end)`` spans of at most ``window`` samples, cut at the quietest point.
+
+    Each cut is the centre of the lowest-energy 0.1 s stretch in the second half of the remaining window (the
+    idea of VAD segmentation in faster-whisper / WhisperX, with energy instead of a VAD model): segments hold
+    whole words, as the clips a student was trained on, instead of windows cut mid-word, on which a small
+    decoder loops. One span when the clip fits the window.
+    """
+    n = len(audio)
+    if n <= window:
+        return [(0, n)]
+    frame = max(1, int(round(SILENCE_FRAME_S * sample_rate)))
+    x = np.asarray(audio, dtype=np.float32)
+    n_frames = n // frame
+    energy = np.square(x[: n_frames * frame]).reshape(n_frames, frame).mean(axis=1)
+    smooth = np.convolve(energy, np.ones(SILENCE_SMOOTH_FRAMES) / SILENCE_SMOOTH_FRAMES, mode="same")
+    spans, pos = [], 0
+    while n - pos > window:
+        lo = (pos + int(window * SILENCE_MIN_FILL)) // frame
+        hi = max(lo + 1, (pos + window) // frame - 1)  # the cut frame's centre stays inside the window
+        cut = (lo + int(np.argmin(smooth[lo:hi]))) * frame + frame // 2
+        cut = min(max(cut, pos + 1), pos + window)
+        spans.append((pos, cut))
+        pos = cut
+    spans.append((pos, n))
     return spans
 
 
@@ -121,13 +155,22 @@ class Form:
                                num_beams=num_beams, max_new_tokens=max_new_tokens)
 
     def decode(self, audios, *, batch_size: int = 8, max_new_tokens: int = 128, num_beams: int = 1,
-               stride_fraction: float = 1 / 6) -> list[tuple[list[int], str, int]]:
-        """``(ids, text, n_windows)`` per clip of any length (chunked long-form, see components.evaluate)."""
+               stride_fraction: float = 1 / 6, longform: str = "silence") -> list[tuple[list[int], str, int]]:
+        """``(ids, text, n_windows)`` per clip of any length.
+
+        Clips longer than the window: ``longform="silence"`` cuts them at pauses (:func:`silence_spans`) and joins
+        the segments' tokens; ``"chunked"`` overlaps windows with ``stride_fraction`` and merges the tokens by
+        longest common sequence (transformers' ASR pipeline).
+        """
+        if longform not in LONGFORM_MODES:
+            raise ValueError(f"longform must be one of {LONGFORM_MODES}, not {longform!r}")
         window = self.window_samples
         stride = int(round(window * stride_fraction))
         pieces, owner = [], []
         for i, audio in enumerate(audios):
-            for start, end in chunk_spans(len(audio), window, stride):
+            spans = (silence_spans(audio, window) if longform == "silence"
+                     else chunk_spans(len(audio), window, stride))
+            for start, end in spans:
                 pieces.append(audio[start:end])
                 owner.append(i)
         outs = self.generate(pieces, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
@@ -137,7 +180,10 @@ class Form:
         tok = self.processor.tokenizer
         results = []
         for chunks in per_clip:
-            ids = chunks[0] if len(chunks) == 1 else merge_chunk_tokens(chunks)
+            if len(chunks) == 1:
+                ids = chunks[0]
+            else:
+                ids = [t for c in chunks for t in c] if longform == "silence" else merge_chunk_tokens(chunks)
             results.append((ids, tok.decode(ids, skip_special_tokens=True).strip(), len(chunks)))
         return results
 

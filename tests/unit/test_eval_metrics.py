@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components.evaluate import empty_rate, hallucination_flags, insertion_rate, repeated_ngram_rate, set_metrics
-from components.speed import chunk_spans, merge_chunk_tokens, speed_sample
+from components.speed import chunk_spans, merge_chunk_tokens, silence_spans, speed_sample
 from components.text import cer, wer
 
 LOOP = "you know you know you know you know you know you know you know"
@@ -117,6 +117,35 @@ def test_chunk_spans_cover_the_clip_with_overlaps_like_the_pipeline(seconds):
         assert s1 - s0 == WINDOW - 2 * stride  # the pipeline's step
         assert e0 - s1 == 2 * stride  # each overlap holds both strides
     assert spans[-2][0] + WINDOW < n  # no window after the one that reaches the end
+
+
+def _speech_with_pauses(pauses_s: list[float], total_s: float, seed: int = 0) -> np.ndarray:
+    """Loud noise ("speech") with 0.3 s near-silent pauses starting at ``pauses_s``."""
+    rng = np.random.default_rng(seed)
+    audio = rng.normal(0, 0.3, int(total_s * 16_000)).astype(np.float32)
+    for p in pauses_s:
+        audio[int(p * 16_000) : int((p + 0.3) * 16_000)] *= 0.001
+    return audio
+
+
+def test_silence_spans_cut_in_the_pauses_and_cover_the_clip():
+    audio = _speech_with_pauses([3.1, 7.2, 13.5, 18.9], total_s=23.0)
+    spans = silence_spans(audio, WINDOW)
+    assert spans[0][0] == 0 and spans[-1][1] == len(audio)
+    assert all(e0 == s1 for (_, e0), (s1, _) in zip(spans, spans[1:]))  # consecutive, no overlap, nothing lost
+    assert all(end - start <= WINDOW for start, end in spans)
+    cuts_s = [start / 16_000 for start, _ in spans[1:]]
+    # the pause at 3.1 s lies in the first half of the window: the cut goes to the one at 7.2 s, then 13.5 s;
+    # the remaining 9.4 s fit one window, so the pause at 18.9 s is not needed
+    assert len(cuts_s) == 2
+    for cut, pause in zip(cuts_s, [7.2, 13.5]):
+        assert pause <= cut <= pause + 0.3, (cut, pause)
+
+
+def test_silence_spans_one_span_when_the_clip_fits_and_a_cut_even_without_pauses():
+    assert silence_spans(np.ones(WINDOW, np.float32), WINDOW) == [(0, WINDOW)]
+    spans = silence_spans(_speech_with_pauses([], total_s=25.0), WINDOW)
+    assert len(spans) >= 3 and all(e - s <= WINDOW for s, e in spans) and spans[-1][1] == 25 * 16_000
 
 
 def test_chunk_spans_reject_a_stride_that_leaves_no_step():
