@@ -152,6 +152,19 @@ def _load_decoder(cfg: LabelSettings, teacher_dir: Path) -> tuple[Callable, dict
     }
 
 
+def _load_prepared(cfg: LabelSettings, prepared_dir: Path):
+    """The prepared DatasetDict, with a clear error when it or one of ``cfg.splits`` is missing."""
+    import datasets
+
+    if not (prepared_dir / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"no prepared dataset at '{prepared_dir}' (run the prepare stage first)")
+    prepared = datasets.load_from_disk(str(prepared_dir))
+    missing = [s for s in cfg.splits if s not in prepared]
+    if missing:
+        raise ValueError(f"label.splits {missing} not in the prepared dataset (has: {', '.join(prepared)})")
+    return prepared
+
+
 def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> dict[str, Any]:
     """Label ``cfg.splits`` of the prepared dataset with the teacher; write the filtered dataset + metrics."""
     import datasets
@@ -159,12 +172,7 @@ def pseudo_label(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> d
     from tqdm import tqdm
 
     teacher_dir, prepared_dir = Path(teacher_dir), Path(prepared_dir)
-    if not (prepared_dir / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"no prepared dataset at '{prepared_dir}' (run the prepare stage first)")
-    prepared = datasets.load_from_disk(str(prepared_dir))
-    missing = [s for s in cfg.splits if s not in prepared]
-    if missing:
-        raise ValueError(f"label.splits {missing} not in the prepared dataset (has: {', '.join(prepared)})")
+    prepared = _load_prepared(cfg, prepared_dir)
     decode, engine_protocol = _load_decoder(cfg, teacher_dir)
 
     key = work_key(cfg, teacher_dir, prepared_dir)
@@ -289,15 +297,8 @@ def plan_shards(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> di
     Also converts the teacher for the CTranslate2 engine once (``ensure_ct2`` is not safe against two processes
     converting at the same moment), so workers started afterwards only load it.
     """
-    import datasets
-
     teacher_dir, prepared_dir = Path(teacher_dir), Path(prepared_dir)
-    if not (prepared_dir / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"no prepared dataset at '{prepared_dir}' (run the prepare stage first)")
-    prepared = datasets.load_from_disk(str(prepared_dir))
-    missing = [s for s in cfg.splits if s not in prepared]
-    if missing:
-        raise ValueError(f"label.splits {missing} not in the prepared dataset (has: {', '.join(prepared)})")
+    prepared = _load_prepared(cfg, prepared_dir)
     if cfg.engine == "ctranslate2":
         from components.ct2_runtime import ensure_ct2
 

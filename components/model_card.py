@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.report import _fmt  # one number format for the report and the card
+
 SPEED_KEYS = ("natural_b1", "natural_b8", "fixed_b1", "fixed_b8")
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def metrics_table(eval_metrics: dict[str, Any] | None, reference: str = "teacher") -> list[str]:
