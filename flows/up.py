@@ -32,8 +32,8 @@ GPU_K8S_POOL = "askd-gpu-k8s"
 DOCKER_POOL = "askd-docker"
 K8S_TEMPLATE = Path("infra/k8s/gpu-job-template.json")
 SERVER_READY_TIMEOUT_S = 120.0
-WORKER_STOP_TIMEOUT_S = 15.0
-SERVER_STOP_TIMEOUT_S = 20.0
+WORKER_STOP_TIMEOUT_S = 10.0
+SERVER_STOP_TIMEOUT_S = 10.0
 
 
 def prefect_env(project_dir: Path, port: int, home: Path | None = None) -> dict[str, str]:
