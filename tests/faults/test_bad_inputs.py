@@ -294,3 +294,22 @@ def test_params_written_by_dvc_exp_run_set_stay_valid(tmp_path):
     shutil.copy(REPO / "params.yaml", params)
     apply_overrides(str(params), ["prepare.seed=1"])  # what `dvc exp run -S prepare.seed=1` does to the file
     assert load_settings(params).prepare.seed == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# unwritable output: a clear one-line error, and nothing of an earlier good output is lost
+
+
+@pytest.mark.parametrize("blocked", ["sysfs", "file"])
+def test_unwritable_output_dir_is_one_line_and_keeps_the_previous_output(askd, bad_audio_dir, tmp_path, blocked):
+    assert askd(*_prepare_args(bad_audio_dir.root)).exit_code == 0
+    before = sorted(p.name for p in Path("data/prepared").iterdir())
+    if blocked == "sysfs":  # not writable even for root (Operation not permitted)
+        out = "/sys/askd-unwritable/prepared"
+    else:  # a regular file where a folder must go
+        (tmp_path / "a_file").write_text("x")
+        out = str(tmp_path / "a_file" / "prepared")
+    text = assert_clear_error(askd("--set", f"prepare.out_dir={out}", *_prepare_args(bad_audio_dir.root)),
+                              "prepare:")
+    assert "askd-unwritable" in text or "a_file" in text, text
+    assert sorted(p.name for p in Path("data/prepared").iterdir()) == before  # the earlier output is untouched
