@@ -294,6 +294,8 @@ def _late_stage_rows(metrics_dir: Path) -> list[tuple[str, str, str]]:
         for name, ups in (speed.get("speedup") or {}).items():
             rows.append(("evaluate", f"{name} speed-up vs teacher", ", ".join(f"{k} {v:.2f}x" for k, v in ups.items())))
         for name, ups in (speed.get("speedup_same_runtime") or {}).items():
+            if ups.get("versus") == (speed.get("protocol") or {}).get("reference", "teacher"):
+                continue  # already shown as a speed-up vs the teacher
             shown = ", ".join(f"{k} {v:.2f}x" for k, v in ups.items() if k != "versus")
             rows.append(("evaluate", f"{name} speed-up vs {ups.get('versus')}", shown))
     path = metrics_dir / "gate.json"
