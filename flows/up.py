@@ -135,6 +135,9 @@ def up(project_dir: Path = Path("."), port: int = 4200, worker: bool = True, dep
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C explicitly: a process started in the background by a non-interactive shell (`cmd &`, CI runners)
+    # inherits SIGINT as *ignored*, and Python then never raises KeyboardInterrupt
+    previous_int = signal.signal(signal.SIGINT, on_term)
     try:
         log(f"starting the Prefect server on {ui} (PREFECT_HOME={env['PREFECT_HOME']}) ...")
         server = subprocess.Popen(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
@@ -173,5 +176,6 @@ def up(project_dir: Path = Path("."), port: int = 4200, worker: bool = True, dep
         for name, proc, timeout_s, sigs in reversed(children):  # worker first, then the server
             _stop(proc, name, timeout_s, sigs, log)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if children:
             log("stopped")
