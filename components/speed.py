@@ -29,7 +29,6 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -267,13 +266,10 @@ def hardware() -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    """Python and the versions of the packages that decide decode results and speed (None: not installed)."""
+    from components.lineage import package_versions as versions
+
+    return versions(PACKAGES)
 
 
 def speed_sample(audios: list[np.ndarray], n: int, max_samples: int) -> list[np.ndarray]:
