@@ -134,8 +134,9 @@ def publish(stage: str, project_dir: str | Path, log=print) -> list[str]:
         create_table_artifact(eval_rows(metrics), key="askd-eval-wer",
                               description="evaluate: WER / CER / hallucination rate per form and test set (percent)")
         keys.append("askd-eval-wer")
-        if speed_rows(metrics):
-            create_table_artifact(speed_rows(metrics), key="askd-eval-speed",
+        speed = speed_rows(metrics)
+        if speed:
+            create_table_artifact(speed, key="askd-eval-speed",
                                   description="evaluate: interleaved speed per form; speedup vs the reference")
             keys.append("askd-eval-speed")
         plots = plots_markdown(root / "reports")

@@ -51,6 +51,25 @@ def _repo_outputs_untouched():
     assert not changed, f"tests wrote into the checkout: {changed}"
 
 
+def copy_pipeline_project(root: Path, overrides: dict) -> Path:
+    """Copy the pipeline definition and stage code into ``root`` with ``overrides`` (per params.yaml section;
+    dict values are merged one level deep) applied to params.yaml. Git/DVC initialisation is the caller's."""
+    import shutil
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        for key, value in values.items():
+            params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,13 +8,13 @@ workspace that `dvc repro` finds up to date afterwards.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.flows.conftest import REPO, artifacts_of, dvc, git_dvc_init, task_runs, write_flaky_register
+from tests.conftest import copy_pipeline_project
+from tests.flows.conftest import artifacts_of, dvc, git_dvc_init, task_runs, write_flaky_register
 
 TINY = {
     "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
@@ -32,16 +32,7 @@ PASSING_GATE = ["gate.min_speedup=0.001", "gate.max_hallucination_rate=100", "ga
 
 @pytest.fixture
 def pipeline_project(tmp_path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        for key, value in values.items():
-            params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = copy_pipeline_project(tmp_path / "project", TINY)
     write_flaky_register(root)
     git_dvc_init(root)
     return root

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import copy_pipeline_project
+
 TINY = {
     "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
               "longform_min_s": 6.0, "longform_max_s": 9.0, "workers": 1},
@@ -40,16 +40,7 @@ def project(tmp_path, s3_bucket) -> tuple[Path, dict[str, str]]:
     """A copy of the project's pipeline definition and stage code in a fresh git repo with `dvc init`;
     the registry points at a fresh bucket on the moto server (AWS_ENDPOINT_URL is in the environment)."""
     tiny = {**TINY, "registry": {**TINY["registry"], "bucket": s3_bucket}}
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in tiny.items():
-        for key, value in values.items():
-            params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = copy_pipeline_project(tmp_path / "project", tiny)
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
