@@ -1,6 +1,6 @@
 """Student vs teacher speed-up, in the same runtime and against the teacher as users run it.
 
-Forms, loaded and exported with the evaluate stage's own code (``components.evaluate.load_form`` /
+Forms, loaded and exported with the evaluate stage's own code (``components.export.load_form`` /
 ``make_export``; exports go to a temporary folder, never to ``models/exports``):
 
 * ``teacher`` and ``student``: transformers, float32;
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
 
-    from components.evaluate import load_form, load_prepared_sets, make_export
+    from components.evaluate import load_prepared_sets
+    from components.export import load_form, make_export
     from components.settings import load_settings
     from components.speed import measure_speed, speed_sample
 

@@ -5,6 +5,7 @@ Stage modules are imported inside the commands so `askd --help` stays fast.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -80,7 +81,9 @@ def _run_stage(stage: str, fn, *args) -> None:
     except (SettingsError, FileNotFoundError, ValueError, PermissionError, OSError, FloatingPointError) as err:
         if os.environ.get("ASKD_DEBUG"):
             raise
-        fail(f"{stage}: {err} (set ASKD_DEBUG=1 for a traceback)")
+        hint = " — free some space and run again (a stage's earlier output is kept)" if getattr(
+            err, "errno", None) == errno.ENOSPC else ""
+        fail(f"{stage}: {err}{hint} (set ASKD_DEBUG=1 for a traceback)")
     else:
         _print_metrics(stage, metrics)
 

@@ -26,6 +26,12 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _save_png(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)
+
+
 def _sets(results: dict[str, Any]) -> list[str]:
     names: list[str] = []
     for form in results["forms"].values():
@@ -67,7 +73,7 @@ def plot_wer(results: dict[str, Any], path: Path) -> Path:
     ax.set_title("WER per test set (greedy, same decode settings)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -101,7 +107,7 @@ def plot_wer_vs_speed(results: dict[str, Any], path: Path, measure: str = "natur
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -202,5 +208,7 @@ def write_report(results: dict[str, Any], reports_dir: Path) -> list[Path]:
     paths = [plot_wer(results, reports_dir / WER_PLOT)]
     paths.append(plot_wer_vs_speed(results, reports_dir / SCATTER_PLOT))
     report = reports_dir / REPORT
-    report.write_text("\n".join(lines), encoding="utf-8")
+    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, report)  # a killed run leaves the old report or the new one, never half of one
     return [report, *paths]

@@ -2,7 +2,7 @@
 
 A :class:`Form` wraps a torch Whisper (transformers folder or torch_int8 export) or a CTranslate2 engine behind one
 ``generate`` (clips within the window; ``min_new_tokens`` forces the length for speed runs) and one ``decode``
-(any length: chunked long-form, see :mod:`components.evaluate`). Loading and exporting: components.evaluate.
+(any length: chunked long-form, see :mod:`components.evaluate`). Loading and exporting: components.export.
 
 Speed protocol (:func:`measure_speed`):
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +19,8 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from components.evaluate import (
-    ManifestError,
-    export_torch_int8,
-    load_form,
-    load_manifest,
-    quantize_int8,
-    run_evaluate,
-)
+from components.evaluate import ManifestError, load_manifest, run_evaluate
+from components.export import export_torch_int8, load_form, quantize_int8
 from components.gate import decide
 from components.settings import EvalSettings, GateSettings
 from components.tts import SAMPLE_RATE_HZ
@@ -220,3 +219,54 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, tin
 def test_prepared_dataset_without_test_sets_is_a_clear_error(tmp_path, prepared_speech_dir):
     with pytest.raises(ValueError, match="none of the evaluate.sets"):
         run_evaluate(EvalSettings(), tmp_path / "t", tmp_path / "s", prepared_speech_dir)
+
+
+def _eval_cmd(root: Path, teacher: Path, student: Path, prepared: Path) -> list[str]:
+    sets = {"teacher.out_dir": teacher, "train.out_dir": student, "prepare.out_dir": prepared,
+            "evaluate.max_new_tokens": 8, "evaluate.batch_size": 4, "evaluate.speed_clips": 2,
+            "evaluate.speed_rounds": 1, "evaluate.speed_batch_size": 2, "evaluate.exports_dir": root / "exports",
+            "evaluate.reports_dir": root / "reports"}
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    return [sys.executable, "-m", "components", "--params", str(root / "params.yaml"),
+            *[arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")], "stage", "evaluate"]
+
+
+def _quality(root: Path) -> dict:
+    """Everything of metrics/eval.json that does not depend on timing."""
+    forms = json.loads((root / "metrics" / "eval.json").read_text())["forms"]
+    return {name: {s: {k: v for k, v in m.items() if k != "decode_seconds"} for s, m in f["sets"].items()}
+            for name, f in forms.items()}
+
+
+def test_evaluate_killed_at_random_points_then_rerun_matches_an_uninterrupted_run(
+        tmp_path, eval_prepared_dir, tiny_whisper_dir, tiny_student_dir):
+    pytest.importorskip("ctranslate2")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir(), run.mkdir()
+    started = time.monotonic()
+    subprocess.run(_eval_cmd(ref, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir), cwd=ref, env=env,
+                   check=True, capture_output=True, timeout=600)
+    duration = time.monotonic() - started
+    seed = int(os.environ.get("ASKD_FAULT_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    points = sorted(rng.uniform(0.15, 0.95) * duration for _ in range(2))
+    cmd = _eval_cmd(run, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir)
+    for point in points:  # SIGKILL at a random moment (imports, exports, decoding, speed or writing)
+        proc = subprocess.Popen(cmd, cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=point)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    subprocess.run(cmd, cwd=run, env=env, check=True, capture_output=True, timeout=600)
+
+    where = f"(ASKD_FAULT_SEED={seed}, kills at {[round(p, 1) for p in points]} s of {duration:.1f} s)"
+    assert _quality(run) == _quality(ref), where
+    for name in ("eval_predictions.csv",):
+        assert (run / "reports" / name).read_text() == (ref / "reports" / name).read_text(), where
+    assert {p.name for p in (run / "exports").iterdir()} == {p.name for p in (ref / "exports").iterdir()}, where
+    for export in ("student-torch_int8", "student-ct2_int8", "teacher-ct2_int8"):
+        assert load_form(run / "exports" / export).kind in {"torch_int8", "ct2_int8"}, where
+    visible = lambda d: sorted(p.name for p in d.iterdir() if not p.name.startswith("."))  # noqa: E731
+    assert visible(run / "reports") == visible(ref / "reports"), where

@@ -313,3 +313,41 @@ def test_unwritable_output_dir_is_one_line_and_keeps_the_previous_output(askd, b
                               "prepare:")
     assert "askd-unwritable" in text or "a_file" in text, text
     assert sorted(p.name for p in Path("data/prepared").iterdir()) == before  # the earlier output is untouched
+
+
+def test_disk_full_is_one_line_keeps_the_previous_output_and_the_next_run_recovers(bad_audio_dir, tmp_path):
+    """A real ENOSPC: a 32 MB tmpfs (private mount namespace, ``unshare -Urm``) filled up between two runs."""
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare -Urm` (user + mount namespaces) to mount a small tmpfs")
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    askd = (f"{sys.executable} -m components --set prepare.source=folder --set prepare.input={bad_audio_dir.root} "
+            f"--set prepare.out_dir={mnt}/prepared stage prepare")
+    script = f"""
+        mount -t tmpfs -o size=32m tmpfs {mnt} || exit 90
+        {askd} > first.log 2>&1; echo "first=$?" >> rc.txt
+        ls -lA {mnt}/prepared > before.txt
+        dd if=/dev/zero of={mnt}/filler bs=64k 2>/dev/null  # the disk is full now
+        {askd} > second.log 2>&1; echo "second=$?" >> rc.txt
+        ls -lA {mnt}/prepared > after.txt; ls -A {mnt} > top.txt
+        rm {mnt}/filler
+        {askd} > third.log 2>&1; echo "third=$?" >> rc.txt
+    """
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in env.items() if not k.startswith("ASKD_")}
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 90, proc.stderr
+    rc = dict(line.split("=") for line in (tmp_path / "rc.txt").read_text().split())
+    assert rc == {"first": "0", "second": "2", "third": "0"}, (rc, (tmp_path / "second.log").read_text())
+    second = (tmp_path / "second.log").read_text()
+    assert "Traceback" not in second
+    errors = [line for line in second.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "free some space" in errors[0], second
+    assert (tmp_path / "after.txt").read_text() == (tmp_path / "before.txt").read_text()  # nothing lost
+    assert sorted((tmp_path / "top.txt").read_text().split()) == ["filler", "prepared"]  # no half-written folder

@@ -106,3 +106,73 @@ def test_no_credentials_is_one_clear_line(project, moto_server, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: register: no S3 credentials found for s3://"), lines
+
+
+def test_register_killed_at_random_points_then_rerun_gives_one_complete_version(project, moto_server, tmp_path):
+    """SIGKILL `askd register` at random moments (start-up, claim, multipart parts, manifest), run it again:
+    exactly one version is listed, complete and equal to the local files; nothing half-written is visible."""
+    import os
+    import random
+    import signal
+    import time
+
+    from components.registry import sha256_file
+    from components.registry_ops import pull, verify
+
+    (project.student / "model.safetensors").write_bytes(os.urandom(48 * 1024 * 1024))  # 10 parts of 5 MB
+    cmd = [sys.executable, "-m", "components", "--params", str(project.root / "params.yaml"), "--set",
+           "registry.multipart_threshold_mb=5", "--set", "registry.multipart_chunk_mb=5", "--set",
+           "registry.transfer_workers=2", "register"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reg = project.settings().registry
+    store = RegistryStore(reg)
+
+    other = f"{project.bucket}-ref"  # an uninterrupted run into a second bucket: its timing and its manifest
+    __import__("boto3").client("s3", endpoint_url=moto_server).create_bucket(Bucket=other)
+    ref_store = RegistryStore(project.settings(f"registry.bucket={other}").registry)
+    started = time.monotonic()
+    proc = subprocess.Popen([*cmd[:-1], "--set", f"registry.bucket={other}", "register"], cwd=project.root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ref_store.claimed_versions() and proc.poll() is None:
+        time.sleep(0.01)
+    claimed_at = time.monotonic() - started
+    assert proc.wait(timeout=300) == 0
+    upload_s = time.monotonic() - started - claimed_at
+    seed = int(os.environ.get("ASKD_FAULT_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    # one kill anywhere in the run, two at random moments after the version number was claimed (the upload)
+    plan = [("start", rng.uniform(0.1, 1.0) * (claimed_at + upload_s))] + [
+        ("claim", rng.uniform(0.0, 1.0) * upload_s) for _ in range(2)]
+    where = f"(ASKD_FAULT_SEED={seed}, kills {[(a, round(t, 2)) for a, t in plan]}, claim at {claimed_at:.2f} s, " \
+            f"upload {upload_s:.2f} s)"
+
+    killed = 0
+    for after, delay in plan:
+        before = set(store.claimed_versions())
+        proc = subprocess.Popen(cmd, cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = time.monotonic()
+        while after == "claim" and set(store.claimed_versions()) == before and proc.poll() is None:
+            time.sleep(0.01)
+        try:
+            proc.wait(timeout=max(0.001, delay if after == "claim" else delay - (time.monotonic() - start)))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            killed += 1
+        listed = list_versions(reg)
+        assert len(listed) <= 1, where  # never two, and a listed one is complete:
+        assert all(verify(reg, v["version"])["ok"] for v in listed), where
+    proc = subprocess.run(cmd, cwd=project.root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stderr}\n{where}"
+
+    listed = list_versions(reg)
+    assert len(listed) == 1, where
+    version = listed[0]["version"]
+    assert verify(reg, version)["ok"], where
+    assert len(store.claimed_versions()) <= killed + 1, where  # abandoned claims stay unlisted
+    pulled = tmp_path / "pulled"
+    pull(reg, str(version), pulled)
+    assert sha256_file(pulled / "model" / "model.safetensors") == sha256_file(project.student / "model.safetensors")
+    payload = lambda m: sorted((f["path"], f["sha256"]) for f in m["files"]  # noqa: E731
+                               if f["path"].startswith(("model/", "exports/", "metrics/")))  # (card, params: bucket)
+    assert payload(show(reg, version)) == payload(show(ref_store.cfg, 1)), where

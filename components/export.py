@@ -1,0 +1,144 @@
+"""Exported forms of a Whisper model, written by the evaluate stage and loadable anywhere.
+
+Kinds: ``torch_int8`` (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``, ``proj_out`` included;
+the int8 state dict + config + processor), ``ct2_float32`` / ``ct2_int8`` (CTranslate2's own converter,
+:mod:`components.ct2_runtime`; works for shortened-window students). Each export is written into a temporary
+sibling folder and renamed into place (:func:`components.artifacts.atomic_dir`), so a killed run never leaves
+a half-written export that a later ``askd transcribe --model`` could pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+from components.artifacts import atomic_dir, write_json_atomic
+from components.speed import Form
+from components.whisper_io import load_whisper
+
+EXPORT_MANIFEST = "askd_export.json"
+INT8_STATE_FILE = "model_int8.pt"
+EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8")
+
+
+def folder_bytes(path: Path, patterns=("*.safetensors", "*.bin", "*.pt")) -> int:
+    return int(sum(p.stat().st_size for pat in patterns for p in Path(path).glob(pat)))
+
+
+def _count_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def quantize_int8(model):
+    """A dynamic-int8 copy of a torch Whisper (every ``nn.Linear``, ``proj_out`` included); eval mode."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13: quantize_dynamic is deprecated (migrate to torchao)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
+def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
+    """Write ``out_dir``: the int8 state dict, config, generation config and processor of ``model_dir``."""
+    import torch
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model, processor = load_whisper(model_dir)
+    qmodel = quantize_int8(model)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    torch.save(qmodel.state_dict(), out_dir / INT8_STATE_FILE)
+    model.config.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    manifest = {"format": "torch_int8", "source": str(model_dir), "params": _count_params(model),
+                "quantization": "torch.ao.quantization.quantize_dynamic(nn.Linear, qint8)", "torch": torch.__version__}
+    (out_dir / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def _load_torch_int8(path: Path):
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    config = WhisperConfig.from_pretrained(path, local_files_only=True)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
+    params = _count_params(model)
+    qmodel = quantize_int8(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TypedStorage / quantized-tensor deprecation notes inside torch.load
+        qmodel.load_state_dict(torch.load(path / INT8_STATE_FILE, weights_only=True))
+    processor = WhisperProcessor.from_pretrained(path, local_files_only=True)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return qmodel, processor, params
+
+
+def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "ctranslate2",
+              fallback_dir: str | Path | None = None) -> Form:
+    """A :class:`Form` from a transformers Whisper folder, a torch_int8 export or a CTranslate2 export."""
+    path = Path(path)
+    name = name or path.name
+    if (path / EXPORT_MANIFEST).is_file():
+        model, processor, params = _load_torch_int8(path)
+        return Form(name, "torch_int8", path, processor, model=model, params=params, bytes=folder_bytes(path))
+    if (path / "model.bin").is_file():
+        from components.ct2_runtime import MANIFEST_FILE, Ct2Whisper
+
+        manifest_file = path / MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+        compute = manifest.get("quantization", "float32")
+        encoder = ct2_encoder if fallback_dir is not None else "ctranslate2"
+        engine = Ct2Whisper(path, compute_type=compute, fallback_dir=fallback_dir, encoder=encoder)
+        params = int(manifest.get("params", 0))
+        return Form(name, f"ct2_{compute}", path, engine.processor, engine=engine, params=params,
+                    bytes=folder_bytes(path, ("model.bin",)), info={"ct2_encoder": encoder})
+    model, processor = load_whisper(path)
+    return Form(name, "transformers", path, processor, model=model, params=_count_params(model),
+                bytes=folder_bytes(path))
+
+
+def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ctranslate2") -> Form:
+    """Export ``base`` (a transformers form) as ``kind`` into ``exports_dir/<name>-<kind>`` and load it."""
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"unknown export {kind!r} (use one of {EXPORT_KINDS})")
+    out = Path(exports_dir) / f"{base.name}-{kind}"
+    with atomic_dir(out) as tmp:  # renamed into place only when complete
+        if kind == "torch_int8":
+            export_torch_int8(base.path, tmp)
+        else:
+            from components.ct2_runtime import export_ct2
+
+            export_ct2(base.path, tmp, quantization=None if kind == "ct2_float32" else "int8")
+    form = load_form(out, f"{base.name}_{kind}", ct2_encoder=ct2_encoder, fallback_dir=base.path)
+    form.params = form.params or base.params
+    return form
+
+
+def build_forms(cfg, models: dict[str, Path]) -> tuple[list[Form], dict[str, str]]:
+    """Base forms, the exports of ``cfg.exports`` for ``cfg.export_models`` and the teacher's ``teacher_exports``."""
+    forms = [load_form(p, name) for name, p in models.items()]
+    status: dict[str, str] = {}
+    exports_dir = Path(cfg.exports_dir)
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    for stale in exports_dir.glob("*-*"):  # exports of an earlier run (another `exports` list) must not linger,
+        kind = stale.name.rsplit("-", 1)[-1]  # nor the temporary folders of a killed run
+        if stale.is_dir() and (kind in EXPORT_KINDS or kind.endswith((".partial", ".old"))):
+            shutil.rmtree(stale)
+    for base in list(forms):
+        kinds = list(cfg.exports) if base.name in cfg.export_models else []
+        if base.name == "teacher":
+            kinds += [k for k in cfg.teacher_exports if k not in kinds]
+        for kind in kinds:
+            key = f"{base.name}_{kind}"
+            try:
+                forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder))
+                status[key] = "ok"
+            except (ImportError, ValueError, RuntimeError, OSError) as err:
+                status[key] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    write_json_atomic(exports_dir / "exports.json", status)
+    return forms, status
