@@ -70,6 +70,25 @@ def copy_pipeline_project(root: Path, overrides: dict) -> Path:
     return root
 
 
+def fault_seed() -> int:
+    """Seed of the random kill points: ``ASKD_FAULT_SEED`` to replay a failure, else a fresh one per run."""
+    import os
+
+    return int(os.environ.get("ASKD_FAULT_SEED", time.time_ns() % 10**6))
+
+
+def kill_after(cmd: list[str], after_s: float, **popen) -> bool:
+    """Run ``cmd``; ``SIGKILL`` it ``after_s`` seconds after the start. True if killed, False if it ended first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        proc.wait(timeout=max(after_s, 0.001))
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        return True
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

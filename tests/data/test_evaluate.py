@@ -7,7 +7,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from components.export import export_torch_int8, load_form, quantize_int8
 from components.gate import decide
 from components.settings import EvalSettings, GateSettings
 from components.tts import SAMPLE_RATE_HZ
+from tests.conftest import fault_seed, kill_after
 
 REPO = Path(__file__).resolve().parents[2]
 STUDENT_WINDOW_S = 5
@@ -248,17 +248,12 @@ def test_evaluate_killed_at_random_points_then_rerun_matches_an_uninterrupted_ru
     subprocess.run(_eval_cmd(ref, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir), cwd=ref, env=env,
                    check=True, capture_output=True, timeout=600)
     duration = time.monotonic() - started
-    seed = int(os.environ.get("ASKD_FAULT_SEED", time.time_ns() % 10**6))
+    seed = fault_seed()
     rng = random.Random(seed)
     points = sorted(rng.uniform(0.15, 0.95) * duration for _ in range(2))
     cmd = _eval_cmd(run, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir)
     for point in points:  # SIGKILL at a random moment (imports, exports, decoding, speed or writing)
-        proc = subprocess.Popen(cmd, cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=point)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+        kill_after(cmd, point, cwd=run, env=env)
     subprocess.run(cmd, cwd=run, env=env, check=True, capture_output=True, timeout=600)
 
     where = f"(ASKD_FAULT_SEED={seed}, kills at {[round(p, 1) for p in points]} s of {duration:.1f} s)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 
 from components.label import pseudo_label
 from components.settings import LabelSettings
+from tests.conftest import fault_seed, kill_after
 
 LOOSE = {"wer_threshold_percent": 1e9, "max_repeated_ngram_fraction": 1.0, "max_tokens_per_s": 1e9}
 
@@ -101,8 +103,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_whisper_dir, 
     # uninterrupted reference run
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
+    started = time.monotonic()
     subprocess.run(_label_cmd(_params_file(ref_dir, tiny_whisper_dir, prepared, **options)),
                    cwd=ref_dir, env=env, check=True, capture_output=True, timeout=300)
+    ref_s = time.monotonic() - started
 
     # a run killed (SIGKILL) after its first shards, then started again
     run_dir = tmp_path / "run"
@@ -122,6 +126,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_whisper_dir, 
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert 3 <= shards_at_kill < 24
     assert not (run_dir / "labelled").exists()  # nothing half-written is visible
+    seed = fault_seed()  # then once more at a random moment of a run (start-up, a shard, the merge)
+    kill_after(_label_cmd(params), random.Random(seed).uniform(0.1, 1.0) * ref_s, cwd=run_dir, env=env)
     done = subprocess.run(_label_cmd(params), cwd=run_dir, env=env, check=True, capture_output=True,
                           text=True, timeout=300)
     metrics = yaml.safe_load((run_dir / "metrics" / "label.json").read_text())
@@ -130,7 +136,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_whisper_dir, 
 
     ref_csv, ref_ds = _snapshot(ref_dir / "labelled")
     run_csv, run_ds = _snapshot(run_dir / "labelled")
-    assert run_csv == ref_csv and run_ds == ref_ds
+    assert run_csv == ref_csv and run_ds == ref_ds, f"ASKD_FAULT_SEED={seed}"
     ids = [r["id"] for r in run_csv]
     assert len(ids) == len(set(ids)) == 24  # nothing lost, nothing labelled twice
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import soundfile as sf
 from components.prepare import SplitItem, assign_splits, normalize_text, prepare
 from components.settings import PrepareSettings
 from components.tts import SAMPLE_RATE_HZ
+from tests.conftest import fault_seed, kill_after
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILL_WAIT_S = 120.0
@@ -383,10 +385,19 @@ def test_killed_cli_run_leaves_no_dataset_and_rerun_completes(tmp_path, speech_c
             proc.wait()
         proc.stderr.close()
     assert not (tmp_path / "out").exists()
+    # then a plain `askd stage prepare` killed at a random moment of its run
+    cli = [sys.executable, "-m", "components", "--params", "params.yaml", "stage", "prepare"]
+    started = time.monotonic()
+    subprocess.run([*cli[:-2], "--set", f"prepare.out_dir={tmp_path / 'ref'}", *cli[-2:]], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=300)
+    seed = fault_seed()
+    kill_after(cli, random.Random(seed).uniform(0.1, 1.0) * (time.monotonic() - started), cwd=tmp_path, env=env)
     metrics = prepare(PrepareSettings(source="folder", input=str(root), out_dir=tmp_path / "out"))
     assert metrics["n_kept"] == 24
     assert not (tmp_path / ".out.partial").exists()
     assert sum(len(s) for s in _load(tmp_path / "out").values()) == 24
+    ours, ref = _load(tmp_path / "out"), _load(tmp_path / "ref")  # the same as an uninterrupted run
+    assert {k: _rows(v) for k, v in ours.items()} == {k: _rows(v) for k, v in ref.items()}, f"ASKD_FAULT_SEED={seed}"
 
 
 def test_stage_output_has_no_stray_files(tmp_path, speech_clips):

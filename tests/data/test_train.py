@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from components.settings import TrainSettings
 from components.train.loop import NonFiniteLossError, distill
+from tests.conftest import fault_seed, kill_after
 
 TINY_TRAIN = {
     "student": {"decoder_layers": 1, "window_s": 10},
@@ -98,8 +100,10 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_whisper_dir, 
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir()
     run.mkdir()
+    started = time.monotonic()
     subprocess.run(_train_cmd(_params(ref, tiny_whisper_dir, labelled_dir)), cwd=ref, env=env, check=True,
                    capture_output=True, timeout=600)
+    ref_s = time.monotonic() - started
 
     params = _params(run, tiny_whisper_dir, labelled_dir)
     proc = subprocess.Popen(_train_cmd(params), cwd=run, env=env, stdout=subprocess.DEVNULL,
@@ -116,13 +120,15 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_whisper_dir, 
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and killed_after, "the run ended before it could be killed"
     assert not (run / "student").exists()
+    seed = fault_seed()  # then once more at a random moment of a run (start-up, a step, an eval, a save)
+    kill_after(_train_cmd(params), random.Random(seed).uniform(0.1, 1.0) * ref_s, cwd=run, env=env)
     subprocess.run(_train_cmd(params), cwd=run, env=env, check=True, capture_output=True, timeout=600)
 
     a = load_file(ref / "student" / "model.safetensors")
     b = load_file(run / "student" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{key} (ASKD_FAULT_SEED={seed})")
     assert (ref / "metrics" / "train_steps.csv").read_text() == (run / "metrics" / "train_steps.csv").read_text()
     assert json.loads((ref / "metrics" / "train.json").read_text())["best_step"] == json.loads(
         (run / "metrics" / "train.json").read_text())["best_step"]

@@ -11,6 +11,8 @@ from components.registry import register
 from components.registry_ops import list_versions, promote, read_alias, show
 from components.registry_store import RegistryError, RegistryStore
 
+from tests.conftest import fault_seed
+
 from .conftest import REPO, fail_first
 
 
@@ -138,7 +140,7 @@ def test_register_killed_at_random_points_then_rerun_gives_one_complete_version(
     claimed_at = time.monotonic() - started
     assert proc.wait(timeout=300) == 0
     upload_s = time.monotonic() - started - claimed_at
-    seed = int(os.environ.get("ASKD_FAULT_SEED", time.time_ns() % 10**6))
+    seed = fault_seed()
     rng = random.Random(seed)
     # one kill anywhere in the run, two at random moments after the version number was claimed (the upload)
     plan = [("start", rng.uniform(0.1, 1.0) * (claimed_at + upload_s))] + [
