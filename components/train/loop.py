@@ -44,15 +44,9 @@ from components.train.data import (
     pack_tokens,
     plan_packs,
 )
-from components.train.losses import (
-    EmaTeacher,
-    PreviousEpochTargets,
-    distillation_loss,
-    fake_quantize_linears,
-    loss_weights,
-    remove_fake_quant,
-    snapshot_teacher,
-)
+from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
+from components.train.losses import distillation_loss, loss_weights
+from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, teacher_for_training
 from components.whisper_io import generate_tokens
 

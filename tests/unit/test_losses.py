@@ -10,21 +10,18 @@ import torch
 from torch import nn
 
 from components.settings import AskdSchedule
+from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
 from components.train.losses import (
-    EmaTeacher,
     LossWeights,
-    PreviousEpochTargets,
     alpha_at,
     beta_at,
     cross_entropy,
     distillation_loss,
-    fake_quantize_linears,
     feature_loss,
     kl_divergence,
     loss_weights,
-    remove_fake_quant,
-    snapshot_teacher,
 )
+from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 
 MAX_STEPS = 100
 
