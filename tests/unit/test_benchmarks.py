@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,15 @@ def smoke_results(tmp_path_factory, tiny_whisper_dir, speech_clips):
     root = tmp_path_factory.mktemp("bench")
     prepared = make_prepared_dataset(root / "data", speech_clips)
     results = root / "results"
-    started = time.perf_counter()
     code = run_all.main(["--smoke", "--teacher", str(tiny_whisper_dir), "--student", str(tiny_whisper_dir),
                          "--prepared", str(prepared), "--labelled", str(root / "no-labels"),
                          "--speed-set", "train", "--label-split", "validation", "--results-dir", str(results)])
-    return code, results, time.perf_counter() - started
+    return code, results
 
 
 def test_smoke_run_writes_every_result_and_the_summary(smoke_results):
-    code, results, seconds = smoke_results
+    code, results = smoke_results  # (no time limit here: speed lives in the benchmarks, not in tests)
     assert code == 0, (results / "SUMMARY.md").read_text()
-    assert seconds < 90, f"smoke run took {seconds:.0f} s"  # ~25 s idle, ~50 s with a training run beside it
     data = {}
     for name in BENCHMARKS:
         data[name] = json.loads((results / f"{name}.json").read_text())
