@@ -262,7 +262,7 @@ def summary(
         ("prepare", "n_kept", "clips kept"), ("prepare", "n_skipped", "clips skipped"),
         ("prepare", "hours_total", "hours"),
         ("label", "kept", "clips kept"), ("label", "clips_per_s", "clips/s"), ("label", "seconds", "seconds"),
-        ("train", "best_val_wer_percent", "student val WER %"), ("train", "teacher_val_wer_percent", "teacher val WER %"),
+        ("train", "best_val_wer_percent", "student val WER %"), ("train", "teacher_val_wer_percent", "teacher val WER % (student window)"),
         ("train", "best_step", "best step"), ("train", "seconds", "seconds"),
     ]
     table = Table(title="whisper-askd: latest run")

@@ -274,7 +274,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 _append_csv(EVAL_LOG, list(entry), entry, fresh=False)
                 if val_wer < best["wer"]:
                     best = {"wer": val_wer, "step": step, "state": ckpt.trainable_state(acc.unwrap_model(student))}
-                bar.write(f"step {step}: validation WER {val_wer:.2f} % (teacher {teacher_val_wer:.2f} %, best {best['wer']:.2f} % @ {best['step']})")
+                bar.write(f"step {step}: validation WER {val_wer:.2f} % (teacher at the {cfg.student.window_s} s window {teacher_val_wer:.2f} %, best {best['wer']:.2f} % @ {best['step']})")
                 evals_since_best = sum(1 for h in history if h["step"] > best["step"])
                 if cfg.early_stopping_patience and evals_since_best >= cfg.early_stopping_patience:
                     stopped_early = True
@@ -300,7 +300,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "steps": step,
         "best_step": best["step"],
         "best_val_wer_percent": round(best["wer"], 3),
-        "teacher_val_wer_percent": round(teacher_val_wer, 3),
+        "teacher_val_wer_percent": round(teacher_val_wer, 3),  # the teacher cut to the student's window
+        "teacher_val_window_s": cfg.student.window_s,
         "stopped_early": stopped_early,
         "preset_loss": cfg.askd.model_dump(mode="json"),
         "student": {k: v for k, v in report.items() if k != "mapping"},
