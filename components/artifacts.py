@@ -16,14 +16,21 @@ from typing import Any
 METRICS_DIR = Path("metrics")
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as pretty JSON to ``path`` via a temporary file and ``os.replace``."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success it replaces ``path`` in one ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    yield tmp
     os.replace(tmp, path)
-    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as pretty JSON to ``path`` via a temporary file and ``os.replace``."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return Path(path)
 
 
 def write_metrics(stage: str, data: dict[str, Any], metrics_dir: str | Path = METRICS_DIR) -> Path:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
+
+from components.artifacts import atomic_file
 
 WER_PLOT = "eval_wer.png"
 SCATTER_PLOT = "eval_wer_vs_speed.png"
@@ -16,20 +17,11 @@ MB = 1_000_000
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(PREDICTIONS_FIELDS))
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in PREDICTIONS_FIELDS} for r in rows)
-    os.replace(tmp, path)
     return path
-
-
-def _save_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
 
 
 def _sets(results: dict[str, Any]) -> list[str]:
@@ -73,7 +65,8 @@ def plot_wer(results: dict[str, Any], path: Path) -> Path:
     ax.set_title("WER per test set (greedy, same decode settings)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_png(fig, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -107,7 +100,8 @@ def plot_wer_vs_speed(results: dict[str, Any], path: Path, measure: str = "natur
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save_png(fig, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -208,7 +202,6 @@ def write_report(results: dict[str, Any], reports_dir: Path) -> list[Path]:
     paths = [plot_wer(results, reports_dir / WER_PLOT)]
     paths.append(plot_wer_vs_speed(results, reports_dir / SCATTER_PLOT))
     report = reports_dir / REPORT
-    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, report)  # a killed run leaves the old report or the new one, never half of one
+    with atomic_file(report) as tmp:  # a killed run leaves the old report or the new one, never half of one
+        tmp.write_text("\n".join(lines), encoding="utf-8")
     return [report, *paths]
