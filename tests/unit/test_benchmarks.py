@@ -141,3 +141,11 @@ def test_a_failing_benchmark_is_reported_and_fails_the_run(tmp_path):
     assert "| pipeline_e2e | FAILED | – | SystemExit: no stage metrics" in (results / "SUMMARY.md").read_text()
     assert set(json.loads((results / "run_all.json").read_text())["failed"]) == {"pipeline_e2e"}
     assert not (results / "pipeline_e2e.json").exists()
+
+
+def test_a_real_pipeline_run_goes_first_so_a_fresh_clone_has_models():
+    from benchmarks import run_all
+
+    assert run_all.run_order("run")[0] == "pipeline_e2e"
+    assert sorted(run_all.run_order("run")) == sorted(run_all.ORDER)
+    assert run_all.run_order("from-metrics") == run_all.ORDER  # reads the metrics the others' run left
