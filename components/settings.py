@@ -37,6 +37,10 @@ from components.sections import (  # noqa: F401  (re-exported: the tree's sectio
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 ENV_PREFIX = "ASKD_"
+# Every profile lists every one of these sections ({} = no change): each DVC stage tracks only its own
+# section of the selected profile (``profiles.${profile}.<section>`` in dvc.yaml), so changing the `full`
+# profile's training overrides reruns `train`, not the hours of synthesis and labelling before it.
+PROFILE_SECTIONS = ("teacher", "synth", "prepare", "label", "train", "evaluate", "gate", "registry")
 
 
 class SettingsError(ValueError):
@@ -148,6 +152,25 @@ def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _check_profiles(profiles: dict[str, Any]) -> None:
+    """Each profile is a mapping that names every section of :data:`PROFILE_SECTIONS` (DVC needs the keys)."""
+    problems = []
+    for name, body in profiles.items():
+        if not isinstance(body, dict):
+            problems.append(f"invalid setting 'profiles.{name}': a profile is a mapping of sections")
+            continue
+        missing = [sec for sec in PROFILE_SECTIONS if sec not in body]
+        if missing:
+            problems.append(
+                f"invalid setting 'profiles.{name}': missing section(s) {', '.join(missing)} "
+                f"(write `{missing[0]}: {{}}` for no change; dvc.yaml tracks profiles.<profile>.<section>)"
+            )
+        problems += [f"unknown setting 'profiles.{name}.{sec}' (allowed keys here: {', '.join(PROFILE_SECTIONS)})"
+                     for sec in body if sec not in PROFILE_SECTIONS]
+    if problems:
+        raise SettingsError("\n".join(problems))
+
+
 def _apply_preset(params: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
     """Merge ``presets[train.preset]`` (a named training recipe) over the sections it names."""
     presets = params.get("presets") or {}
@@ -173,6 +196,7 @@ def load_settings(
     profile = cli.get("profile") or os.environ.get(f"{ENV_PREFIX}PROFILE") or params.get("profile", "quick")
     profiles = params.get("profiles") or {}
     if isinstance(profiles, dict) and profiles:
+        _check_profiles(profiles)
         if profile not in profiles:
             raise SettingsError(
                 f"invalid setting 'profile' = {profile!r}: unknown profile (allowed: {', '.join(profiles)})"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from components.settings import Settings, SettingsError, load_settings, parse_overrides
+from components.settings import PROFILE_SECTIONS, Settings, SettingsError, load_settings, parse_overrides
 
+NO_CHANGE = {section: {} for section in PROFILE_SECTIONS}
 PARAMS = {
     "profile": "quick",
     "teacher": {"model": "tiny.en"},
     "synth": {"n_train": 10, "seed": 1},
     "prepare": {"max_duration_s": 30.0},
-    "profiles": {"quick": {}, "full": {"synth": {"n_train": 99}}},
+    "profiles": {"quick": NO_CHANGE, "full": {**NO_CHANGE, "synth": {"n_train": 99}}},
 }
 
 
@@ -36,6 +37,25 @@ def test_reads_params_file(params_file):
 def test_repo_params_file_is_valid():
     s = load_settings("params.yaml")
     assert s.profile in s.profiles
+
+
+def test_a_profile_missing_a_section_is_one_clear_error(tmp_path):
+    """dvc.yaml tracks profiles.<profile>.<section>: a missing key would fail `dvc repro` cryptically."""
+    path = tmp_path / "params.yaml"
+    partial = {k: v for k, v in PARAMS["profiles"]["full"].items() if k not in ("label", "gate")}
+    path.write_text(yaml.safe_dump({**PARAMS, "profiles": {"quick": NO_CHANGE, "full": {**partial, "trian": {}}}}))
+    with pytest.raises(SettingsError) as err:
+        load_settings(path)
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("invalid setting 'profiles.full': missing section(s) label, gate")
+    assert "`label: {}`" in lines[0]
+    assert lines[1].startswith("unknown setting 'profiles.full.trian'")
+
+
+def test_repo_profiles_name_every_section():
+    profiles = yaml.safe_load(open("params.yaml"))["profiles"]
+    assert {"quick", "full"} <= set(profiles)
+    assert all(set(body) == set(PROFILE_SECTIONS) for body in profiles.values())
 
 
 def test_profile_overrides_sections(params_file):
