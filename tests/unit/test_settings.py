@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -53,7 +55,7 @@ def test_a_profile_missing_a_section_is_one_clear_error(tmp_path):
 
 
 def test_repo_profiles_name_every_section():
-    profiles = yaml.safe_load(open("params.yaml"))["profiles"]
+    profiles = yaml.safe_load(Path("params.yaml").read_text())["profiles"]
     assert {"quick", "full"} <= set(profiles)
     assert all(set(body) == set(PROFILE_SECTIONS) for body in profiles.values())
 
