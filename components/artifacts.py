@@ -18,11 +18,18 @@ METRICS_DIR = Path("metrics")
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path to write; on success it replaces ``path`` in one ``os.replace``."""
+    """Yield a temporary sibling path to write; on success it replaces ``path`` in one ``os.replace``.
+
+    If the write fails (e.g. the disk is full) the half-written temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
