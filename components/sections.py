@@ -184,12 +184,12 @@ class AskdSchedule(_Section):
 
     alpha_schedule: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"
     alpha_start: float = Field(0.9, ge=0)
-    alpha_end: float = Field(0.1, ge=0)
+    alpha_end: float = Field(0.5, ge=0)
     decay_fraction: float = Field(0.7, gt=0, le=1, description="share of max_steps over which alpha decays")
     step_every_fraction: float = Field(0.25, gt=0, le=1, description="'step' schedule: drop every this share")
     self_teacher: Literal["none", "ema", "snapshot", "previous_epoch"] = "ema"
     self_kd_start_fraction: float = Field(0.7, ge=0, le=1, description="stage B starts here (share of max_steps)")
-    self_kd_weight: float = Field(0.5, ge=0, description="beta in stage B")
+    self_kd_weight: float = Field(0.2, ge=0, description="beta in stage B")
     ema_decay: float = Field(0.99, gt=0, lt=1)
     ce_weight: float | None = Field(None, ge=0, description="None: 1 - alpha - beta")
     temperature: float = Field(2.0, gt=0)
