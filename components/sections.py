@@ -235,6 +235,9 @@ class TrainSettings(_Section):
     early_stopping_patience: int | None = Field(4, ge=1, description="evals without WER improvement")
     save_every_steps: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    average_best: int = Field(
+        1, ge=1, le=16, description="final weights = mean of the N evaluation points with the lowest validation WER"
+    )
     log_every_steps: int = Field(1, ge=1)
 
 

@@ -68,3 +68,15 @@ def latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform weight average (in float32, cast back to each tensor's dtype) of same-keyed state dicts."""
+    if not states:
+        raise ValueError("average_states needs at least one state")
+    return {k: (sum(s[k].float() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
+
+
+def keep_top(top: list[dict[str, Any]], entry: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The ``n`` entries with the lowest ``wer`` (ties: the earlier step) after adding ``entry``."""
+    return sorted([*top, entry], key=lambda e: (e["wer"], e["step"]))[:n]

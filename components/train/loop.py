@@ -53,6 +53,7 @@ from components.whisper_io import generate_tokens
 STEP_LOG = Path("metrics/train_steps.csv")
 EVAL_LOG = Path("metrics/train_eval.csv")
 STEP_FIELDS = ["step", "loss", "ce", "kl", "self_kd", "feature", "alpha", "beta", "w_ce", "lr", "grad_norm"]
+EVAL_FIELDS = ["step", "val_wer", "teacher_val_wer"]
 WINDOW_MARGIN_S = 0.2  # clips must fit the encoder window with this margin
 
 
@@ -69,28 +70,23 @@ def _eval_wer(model, processor, audios, refs, batch_size: int, max_new_tokens: i
     return wer(refs, hyps), hyps
 
 
-def _append_csv(path: Path, fields: list[str], row: dict[str, Any], fresh: bool) -> None:
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """(Re)write a log from the rows a checkpoint carries: a resumed run's logs equal an uninterrupted run's,
+    even when the file was deleted meanwhile (``dvc repro`` removes a stage's outputs before running it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "w" if fresh or not path.exists() else "a"
-    with path.open(mode, newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        if mode == "w":
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def _truncate_csv(path: Path, max_step: int) -> None:
-    """Drop log rows after the resumed step, so a resumed run's logs equal an uninterrupted run's."""
-    if not path.exists():
-        return
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(r for r in rows if int(r["step"]) <= max_step)
+        writer.writerows(_csv_row({k: r.get(k) for k in fields}) for r in rows)
+
+
+def _append_csv(path: Path, fields: list[str], row: dict[str, Any]) -> None:
+    with path.open("a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=fields).writerow(_csv_row({k: row.get(k) for k in fields}))
 
 
 def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[str, Any]:
@@ -171,6 +167,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         ema = EmaTeacher(acc.unwrap_model(student), decay=cfg.askd.ema_decay)
     history: list[dict[str, Any]] = []
     best = {"wer": math.inf, "step": 0, "state": ckpt.trainable_state(acc.unwrap_model(student))}
+    top: list[dict[str, Any]] = []  # the average_best lowest-WER evaluation points (with average_best > 1)
+    step_log: list[dict[str, Any]] = []  # the rows of STEP_LOG, carried by every checkpoint
     step = 0
     state = ckpt.latest_checkpoint(run_dir)
     if state is not None:
@@ -185,10 +183,10 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         if prev_targets is not None and state.get("prev_targets") is not None:
             prev_targets.load_state_dict(state["prev_targets"])
         history, best, step = state["history"], state["best"], state["step"]
+        top, step_log = state.get("top") or [], state.get("step_log") or []
         ckpt.set_rng_state(state["rng"])
-        _truncate_csv(STEP_LOG, step)
-        _truncate_csv(EVAL_LOG, step)
-    fresh_logs = step == 0
+    _write_csv(STEP_LOG, STEP_FIELDS, step_log)
+    _write_csv(EVAL_LOG, EVAL_FIELDS, history)
 
     teacher_val_wer = None
     if history and "teacher_val_wer" in history[0]:
@@ -261,8 +259,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                    "w_ce": weights.ce, "lr": scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
             if step % cfg.log_every_steps == 0:
-                _append_csv(STEP_LOG, STEP_FIELDS, {k: row.get(k) for k in STEP_FIELDS}, fresh_logs)
-                fresh_logs = False
+                step_log.append({k: row.get(k) for k in STEP_FIELDS})
+                _append_csv(STEP_LOG, STEP_FIELDS, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{parts['ce']:.3f}", alpha=f"{weights.kd:.2f}")
             bar.update(1)
 
@@ -271,9 +269,12 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                                        cfg.eval_batch_size, cfg.max_label_tokens)
                 entry = {"step": step, "val_wer": round(val_wer, 3), "teacher_val_wer": round(teacher_val_wer, 3)}
                 history.append(entry)
-                _append_csv(EVAL_LOG, list(entry), entry, fresh=False)
+                _append_csv(EVAL_LOG, EVAL_FIELDS, entry)
                 if val_wer < best["wer"]:
                     best = {"wer": val_wer, "step": step, "state": ckpt.trainable_state(acc.unwrap_model(student))}
+                if cfg.average_best > 1:
+                    here = best["state"] if best["step"] == step else ckpt.trainable_state(acc.unwrap_model(student))
+                    top = ckpt.keep_top(top, {"wer": val_wer, "step": step, "state": here}, cfg.average_best)
                 bar.write(f"step {step}: validation WER {val_wer:.2f} % (teacher at the {cfg.student.window_s} s window {teacher_val_wer:.2f} %, best {best['wer']:.2f} % @ {best['step']})")
                 evals_since_best = sum(1 for h in history if h["step"] > best["step"])
                 if cfg.early_stopping_patience and evals_since_best >= cfg.early_stopping_patience:
@@ -285,7 +286,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                     "ema": ema.state_dict() if ema is not None else None,
                     "snapshot": snapshot.state_dict() if snapshot is not None else None,
                     "prev_targets": prev_targets.state_dict() if prev_targets is not None else None,
-                    "history": history, "best": best,
+                    "history": history, "best": best, "top": top, "step_log": step_log,
                 }, cfg.keep_checkpoints)
             if stopped_early:
                 bar.write(f"early stopping at step {step}: no improvement in {cfg.early_stopping_patience} evaluations")
@@ -293,6 +294,13 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
 
     final = acc.unwrap_model(student)
     final.load_state_dict(best["state"], strict=False)
+    averaged_steps, final_wer = [best["step"]], best["wer"]
+    if len(top) > 1:  # checkpoint averaging: the mean of the lowest-WER evaluation points, then re-scored
+        final.load_state_dict(ckpt.average_states([e["state"] for e in top]), strict=False)
+        averaged_steps = sorted(e["step"] for e in top)
+        final_wer, _ = _eval_wer(final, processor, val_audio, val_refs, cfg.eval_batch_size, cfg.max_label_tokens)
+        tqdm.write(f"averaged the weights of steps {averaged_steps}: validation WER {final_wer:.2f} % "
+                   f"(best single step {best['wer']:.2f} % @ {best['step']})")
     if cfg.askd.fake_quant_bits:
         remove_fake_quant(final, keep_quantized=True)
     seconds = time.perf_counter() - started
@@ -300,6 +308,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "steps": step,
         "best_step": best["step"],
         "best_val_wer_percent": round(best["wer"], 3),
+        "averaged_steps": averaged_steps,  # the saved weights: this one step, or the mean of these (average_best)
+        "final_val_wer_percent": round(final_wer, 3),
         "teacher_val_wer_percent": round(teacher_val_wer, 3),  # the teacher cut to the student's window
         "teacher_val_window_s": cfg.student.window_s,
         "stopped_early": stopped_early,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ TINY_TRAIN = {
     "student": {"decoder_layers": 1, "window_s": 10},
     "optim": {"batch_size": 2, "max_steps": 8, "warmup_steps": 2, "lr": 1e-3},
     "eval_every_steps": 4, "eval_max_clips": 2, "eval_batch_size": 2, "save_every_steps": 2,
-    "max_label_tokens": 32, "early_stopping_patience": None,
+    "max_label_tokens": 32, "early_stopping_patience": None, "average_best": 2,
     "askd": {"alpha_start": 0.9, "alpha_end": 0.1, "decay_fraction": 0.5, "self_teacher": "ema",
              "self_kd_start_fraction": 0.5, "self_kd_weight": 0.5},
 }
@@ -75,6 +76,26 @@ def test_distill_runs_and_writes_everything(tmp_path, monkeypatch, tiny_whisper_
 
     model, processor = load_whisper(tmp_path / "student")
     assert model.config.decoder_layers == 1 and model.config.max_source_positions == 500
+    # average_best 2: the saved weights are the mean of both evaluation points' states, re-scored on validation
+    assert metrics["averaged_steps"] == [4, 8] and metrics["final_val_wer_percent"] >= 0
+    final_ckpt = torch.load(sorted((tmp_path / "ckpt").glob("*/step-0000008.pt"))[0], weights_only=False)
+    tops = {e["step"]: e["state"] for e in final_ckpt["top"]}
+    assert set(tops) == {4, 8} and not torch.equal(tops[4]["model.decoder.layers.0.fc1.weight"],
+                                                   tops[8]["model.decoder.layers.0.fc1.weight"])
+    saved = model.state_dict()
+    for key in tops[4]:
+        assert torch.allclose(saved[key], (tops[4][key] + tops[8][key]) / 2, atol=1e-6), key
+
+    # a rerun of the finished run (as `dvc repro` does after deleting the outputs) rewrites every output unchanged
+    logs = {name: (tmp_path / "metrics" / name).read_text() for name in ("train_steps.csv", "train_eval.csv")}
+    weights = load_file(tmp_path / "student" / "model.safetensors")
+    shutil.rmtree(tmp_path / "student")
+    shutil.rmtree(tmp_path / "metrics")
+    again = distill(_cfg(tmp_path), tiny_whisper_dir, labelled_dir)
+    assert again["steps"] == 8 and again["averaged_steps"] == [4, 8]
+    assert {name: (tmp_path / "metrics" / name).read_text() for name in logs} == logs
+    rerun = load_file(tmp_path / "student" / "model.safetensors")
+    assert all(torch.equal(weights[key], rerun[key]) for key in weights)
 
 
 def _train_cmd(params: Path) -> list[str]:
@@ -122,6 +143,7 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_whisper_dir, 
     assert not (run / "student").exists()
     seed = fault_seed()  # then once more at a random moment of a run (start-up, a step, an eval, a save)
     kill_after(_train_cmd(params), random.Random(seed).uniform(0.1, 1.0) * ref_s, cwd=run, env=env)
+    shutil.rmtree(run / "metrics", ignore_errors=True)  # `dvc repro` deletes a stage's outputs before rerunning it
     subprocess.run(_train_cmd(params), cwd=run, env=env, check=True, capture_output=True, timeout=600)
 
     a = load_file(ref / "student" / "model.safetensors")
@@ -129,7 +151,8 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_whisper_dir, 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{key} (ASKD_FAULT_SEED={seed})")
-    assert (ref / "metrics" / "train_steps.csv").read_text() == (run / "metrics" / "train_steps.csv").read_text()
+    for log in ("train_steps.csv", "train_eval.csv"):
+        assert (ref / "metrics" / log).read_text() == (run / "metrics" / log).read_text(), log
     assert json.loads((ref / "metrics" / "train.json").read_text())["best_step"] == json.loads(
         (run / "metrics" / "train.json").read_text())["best_step"]
 

@@ -1,0 +1,32 @@
+"""Checkpoint averaging (``train.average_best``): which evaluation points are kept and how they are averaged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.train.checkpoint import average_states, keep_top
+
+
+def _entry(step: int, wer: float) -> dict:
+    return {"step": step, "wer": wer, "state": {"w": torch.full((2,), float(step))}}
+
+
+def test_keep_top_keeps_the_lowest_wer_and_breaks_ties_by_the_earlier_step():
+    top: list = []
+    for step, wer in [(100, 5.0), (200, 3.9), (300, 4.2), (400, 3.9), (500, 3.9), (600, 3.8)]:
+        top = keep_top(top, _entry(step, wer), 3)
+    assert [e["step"] for e in top] == [600, 200, 400]
+    assert [e["step"] for e in keep_top([], _entry(7, 1.0), 1)] == [7]
+
+
+def test_average_states_is_the_elementwise_mean_and_keeps_dtypes():
+    a = {"w": torch.tensor([1.0, 2.0]), "h": torch.tensor([1.0], dtype=torch.float16)}
+    b = {"w": torch.tensor([3.0, 6.0]), "h": torch.tensor([2.0], dtype=torch.float16)}
+    c = {"w": torch.tensor([5.0, 1.0]), "h": torch.tensor([3.0], dtype=torch.float16)}
+    avg = average_states([a, b, c])
+    assert torch.allclose(avg["w"], torch.tensor([3.0, 3.0]))
+    assert avg["h"].dtype == torch.float16 and float(avg["h"]) == pytest.approx(2.0)
+    assert torch.equal(average_states([a])["w"], a["w"])
+    with pytest.raises(ValueError):
+        average_states([])
