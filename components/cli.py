@@ -262,8 +262,9 @@ def summary(
         ("prepare", "n_kept", "clips kept"), ("prepare", "n_skipped", "clips skipped"),
         ("prepare", "hours_total", "hours"),
         ("label", "kept", "clips kept"), ("label", "clips_per_s", "clips/s"), ("label", "seconds", "seconds"),
-        ("train", "best_val_wer_percent", "student val WER %"), ("train", "teacher_val_wer_percent", "teacher val WER % (student window)"),
-        ("train", "best_step", "best step"), ("train", "seconds", "seconds"),
+        ("train", "best_val_wer_percent", "student val WER % (best step)"), ("train", "teacher_val_wer_percent", "teacher val WER % (student window)"),
+        ("train", "best_step", "best step"), ("train", "averaged_steps", "saved weights: mean of steps"),
+        ("train", "final_val_wer_percent", "student val WER % (saved weights)"), ("train", "seconds", "seconds"),
     ]
     table = Table(title="whisper-askd: latest run")
     for col in ("stage", "figure", "value"):

@@ -54,6 +54,8 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"- loss: alpha {askd.get('alpha_schedule')} {askd.get('alpha_start')} → {askd.get('alpha_end')}, "
         f"self-teacher {askd.get('self_teacher')} (weight {askd.get('self_kd_weight')}), "
         f"temperature {askd.get('temperature')}, CE weight {ce}",
+        f"- saved weights: mean of the {n} evaluation points with the lowest validation WER"
+        if (n := train.get("average_best") or 1) > 1 else "- saved weights: the evaluation point with the lowest validation WER",
     ]
 
 

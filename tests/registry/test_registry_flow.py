@@ -50,6 +50,7 @@ def test_cli_register_list_promote_pull_verify(project, tmp_path):
         assert heading in card
     assert "| student | test | 4 | 9.50 | 1.50 |" in card  # WER and delta vs teacher from eval.json
     assert "PASSED" in card
+    assert "- saved weights: the evaluation point with the lowest validation WER" in card  # average_best: 1
 
     verified = _cli(project, "registry", "verify", "1")
     assert verified.exit_code == 0, verified.output

@@ -30,3 +30,11 @@ def test_average_states_is_the_elementwise_mean_and_keeps_dtypes():
     assert torch.equal(average_states([a])["w"], a["w"])
     with pytest.raises(ValueError):
         average_states([])
+
+
+def test_model_card_says_how_the_saved_weights_were_made():
+    from components.model_card import _recipe
+
+    assert "- saved weights: mean of the 3 evaluation points with the lowest validation WER" in _recipe(
+        {"train": {"average_best": 3}})
+    assert "- saved weights: the evaluation point with the lowest validation WER" in _recipe({"train": {}})

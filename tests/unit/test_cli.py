@@ -59,7 +59,8 @@ def test_bad_override_syntax():
 
 
 def test_summary_shows_every_stage_including_evaluate_gate_and_register(tmp_path):
-    (tmp_path / "train.json").write_text(json.dumps({"best_val_wer_percent": 8.1, "best_step": 250}))
+    (tmp_path / "train.json").write_text(json.dumps({"best_val_wer_percent": 8.1, "best_step": 250,
+                                                     "averaged_steps": [200, 250], "final_val_wer_percent": 7.65}))
     (tmp_path / "eval.json").write_text(json.dumps({
         "forms": {"teacher": {"sets": {"test": {"wer": 8.16}}}, "student": {"sets": {"test": {"wer": 12.5}}}},
         "speed": {"speedup": {"student": {"natural_b1": 1.9}},
@@ -69,6 +70,6 @@ def test_summary_shows_every_stage_including_evaluate_gate_and_register(tmp_path
     (tmp_path / "register.json").write_text(json.dumps({"registered": False, "reason": "gate blocked"}))
     result = runner.invoke(app, ["summary", "--metrics-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for needle in ("8.1", "student WER %", "test 12.50", "natural_b1 1.90x", "vs teacher_ct2_int8", "2.20x",
+    for needle in ("8.1", "[200, 250]", "7.65", "student WER %", "test 12.50", "natural_b1 1.90x", "vs teacher_ct2_int8", "2.20x",
                    "BLOCKED", "FAIL test wer_delta_points = 4.3", "gate blocked"):
         assert needle in result.output, needle
