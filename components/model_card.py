@@ -45,6 +45,9 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
     train = settings.get("train") or {}
     optim, askd, student = train.get("optim") or {}, train.get("askd") or {}, train.get("student") or {}
     ce = askd.get("ce_weight") if askd.get("ce_weight") is not None else "1 - alpha - beta"
+    n_avg = train.get("average_best") or 1
+    weights = (f"mean of the {n_avg} evaluation points" if n_avg > 1 else "the evaluation point") + \
+        " with the lowest validation WER"
     return [
         f"- preset: `{train.get('preset')}`, profile: `{settings.get('profile')}`",
         f"- student: decoder layers {student.get('decoder_layers')}, encoder window {student.get('window_s')} s, "
@@ -54,8 +57,7 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"- loss: alpha {askd.get('alpha_schedule')} {askd.get('alpha_start')} → {askd.get('alpha_end')}, "
         f"self-teacher {askd.get('self_teacher')} (weight {askd.get('self_kd_weight')}), "
         f"temperature {askd.get('temperature')}, CE weight {ce}",
-        f"- saved weights: mean of the {n} evaluation points with the lowest validation WER"
-        if (n := train.get("average_best") or 1) > 1 else "- saved weights: the evaluation point with the lowest validation WER",
+        f"- saved weights: {weights}",
     ]
 
 

@@ -293,9 +293,10 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 break
 
     final = acc.unwrap_model(student)
-    final.load_state_dict(best["state"], strict=False)
     averaged_steps, final_wer = [best["step"]], best["wer"]
-    if len(top) > 1:  # checkpoint averaging: the mean of the lowest-WER evaluation points, then re-scored
+    if len(top) <= 1:
+        final.load_state_dict(best["state"], strict=False)
+    else:  # checkpoint averaging: the mean of the lowest-WER evaluation points, then re-scored
         final.load_state_dict(ckpt.average_states([e["state"] for e in top]), strict=False)
         averaged_steps = sorted(e["step"] for e in top)
         final_wer, _ = _eval_wer(final, processor, val_audio, val_refs, cfg.eval_batch_size, cfg.max_label_tokens)
