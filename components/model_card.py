@@ -56,7 +56,8 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"schedule {optim.get('lr_schedule')}",
         f"- loss: alpha {askd.get('alpha_schedule')} {askd.get('alpha_start')} → {askd.get('alpha_end')}, "
         f"self-teacher {askd.get('self_teacher')} (weight {askd.get('self_kd_weight')}), "
-        f"temperature {askd.get('temperature')}, CE weight {ce}",
+        f"temperature {askd.get('temperature')}, CE weight {ce}, KD targets from the teacher at "
+        f"{'its own window' if train.get('teacher_window') == 'full' else 'the student window'}",
         f"- saved weights: {weights}",
     ]
 

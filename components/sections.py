@@ -221,6 +221,9 @@ class TrainSettings(_Section):
     student: StudentSettings = StudentSettings()
     optim: OptimSettings = OptimSettings()
     askd: AskdSchedule = AskdSchedule()
+    teacher_window: Literal["student", "full"] = Field(
+        "student", description="KD targets from the teacher cut to the student's window, or at its own (30 s) window"
+    )
     timestamp_probability: float = Field(0.0, ge=0, le=1)
     condition_on_prev_probability: float = Field(0.0, ge=0, le=1)
     max_label_tokens: int = Field(128, ge=8, le=444)

@@ -48,7 +48,7 @@ from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
 from components.train.losses import distillation_loss, loss_weights
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, teacher_for_training
-from components.whisper_io import generate_tokens
+from components.whisper_io import generate_tokens, load_whisper
 
 STEP_LOG = Path("metrics/train_steps.csv")
 EVAL_LOG = Path("metrics/train_eval.csv")
@@ -89,6 +89,26 @@ def _append_csv(path: Path, fields: list[str], row: dict[str, Any]) -> None:
         csv.DictWriter(fh, fieldnames=fields).writerow(_csv_row({k: row.get(k) for k in fields}))
 
 
+def _filled_cache(cfg: TrainSettings, teacher_dir: Path, window_s: float, model, processor, audios, ids,
+                  desc: str) -> EncoderCache:
+    """The on-disk cache of ``model``'s encoder outputs for ``audios`` at ``window_s``, filled (resumably) if needed."""
+    from tqdm import tqdm
+
+    key = cache_key(teacher_dir, window_s, processor)
+    cache = EncoderCache(Path(cfg.cache_dir) / key, "train", len(audios), int(model.config.max_source_positions),
+                         model.config.d_model, ids)
+    if not cache.complete:
+        encoder = model.get_encoder()
+
+        def encode(batch):
+            with torch.no_grad():
+                return encoder(features(processor, batch)).last_hidden_state
+
+        with tqdm(total=len(audios), initial=cache.done_rows(), desc=desc, unit="clip", dynamic_ncols=True) as bar:
+            cache.fill(encode, lambda rows: [audios[r] for r in rows], bar)
+    return cache
+
+
 def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[str, Any]:
     """Train the student; write it to ``cfg.out_dir`` and ``metrics/train.json``; return the metrics."""
     from accelerate import Accelerator
@@ -106,6 +126,13 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
 
     student, processor, report = init_student(teacher_dir, cfg.student)
     teacher = teacher_for_training(teacher_dir, cfg.student.window_s)
+    # teacher_window full: the KD targets come from the teacher at its own window (not cut to the student's)
+    kd_teacher, kd_processor = teacher, processor
+    if cfg.teacher_window == "full":
+        kd_teacher, kd_processor = load_whisper(teacher_dir)
+        kd_teacher.requires_grad_(False).eval()
+        if int(kd_teacher.config.max_source_positions) == int(teacher.config.max_source_positions):
+            kd_teacher, kd_processor = teacher, processor  # the student already has the teacher's window
     if cfg.askd.fake_quant_bits:
         fake_quantize_linears(student, cfg.askd.fake_quant_bits)
     window = cfg.student.window_s - WINDOW_MARGIN_S
@@ -133,21 +160,13 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     n_train = len(train_audio)
 
     shared_encoder = bool(report["encoder_is_teacher"] and cfg.student.freeze_encoder)
-    cache = None
+    cache = kd_cache = None
     if shared_encoder and cfg.student.cache_encoder_outputs:
-        key = cache_key(teacher_dir, cfg.student.window_s, processor)
-        frames = int(teacher.config.max_source_positions)
-        cache = EncoderCache(Path(cfg.cache_dir) / key, "train", n_train, frames, teacher.config.d_model, train_ids)
-        if not cache.complete:
-            encoder = teacher.get_encoder()
-
-            def encode(audios):
-                with torch.no_grad():
-                    return encoder(features(processor, audios)).last_hidden_state
-
-            with tqdm(total=n_train, initial=cache.done_rows(), desc="encoder cache", unit="clip",
-                      dynamic_ncols=True) as bar:
-                cache.fill(encode, lambda rows: [train_audio[r] for r in rows], bar)
+        cache = _filled_cache(cfg, teacher_dir, cfg.student.window_s, teacher, processor, train_audio, train_ids,
+                              "encoder cache")
+        if kd_teacher is not teacher:
+            kd_cache = _filled_cache(cfg, teacher_dir, kd_processor.feature_extractor.chunk_length, kd_teacher,
+                                     kd_processor, train_audio, train_ids, "teacher encoder cache (full window)")
 
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -156,6 +175,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     device = acc.device
     teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
+    kd_teacher.to(device)
 
     run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
         {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
@@ -169,7 +189,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     best = {"wer": math.inf, "step": 0, "state": ckpt.trainable_state(acc.unwrap_model(student))}
     top: list[dict[str, Any]] = []  # the average_best lowest-WER evaluation points (with average_best > 1)
     step_log: list[dict[str, Any]] = []  # the rows of STEP_LOG, carried by every checkpoint
-    step = 0
+    step, prior_s = 0, 0.0  # prior_s: training seconds of the run before this process resumed it
     state = ckpt.latest_checkpoint(run_dir)
     if state is not None:
         acc.unwrap_model(student).load_state_dict(state["model"], strict=False)
@@ -184,6 +204,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
             prev_targets.load_state_dict(state["prev_targets"])
         history, best, step = state["history"], state["best"], state["step"]
         top, step_log = state.get("top") or [], state.get("step_log") or []
+        prior_s = float(state.get("elapsed_s") or 0.0)
         ckpt.set_rng_state(state["rng"])
     _write_csv(STEP_LOG, STEP_FIELDS, step_log)
     _write_csv(EVAL_LOG, EVAL_FIELDS, history)
@@ -198,6 +219,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     max_steps, bs = cfg.optim.max_steps, cfg.optim.batch_size
     per_epoch = max(1, n_train // bs)
     stopped_early = False
+    resumed_from_step = step
     student.train()
     with tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
         while step < max_steps:
@@ -219,8 +241,12 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                     enc = cache.rows(idx).to(device)
                 else:
                     enc = teacher.get_encoder()(features(processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
-                t_out = teacher(encoder_outputs=(enc,), decoder_input_ids=dec_in,
-                                output_hidden_states=weights.feature > 0)
+                t_enc = enc
+                if kd_teacher is not teacher:
+                    t_enc = kd_cache.rows(idx).to(device) if kd_cache is not None else kd_teacher.get_encoder()(
+                        features(kd_processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
+                t_out = kd_teacher(encoder_outputs=(t_enc,), decoder_input_ids=dec_in,
+                                   output_hidden_states=weights.feature > 0)
                 self_logits = None
                 if weights.self_kd > 0:
                     if cfg.askd.self_teacher == "ema" and ema is not None:
@@ -277,7 +303,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                     top = ckpt.keep_top(top, {"wer": val_wer, "step": step, "state": here}, cfg.average_best)
                 bar.write(f"step {step}: validation WER {val_wer:.2f} % (teacher at the {cfg.student.window_s} s window {teacher_val_wer:.2f} %, best {best['wer']:.2f} % @ {best['step']})")
                 evals_since_best = sum(1 for h in history if h["step"] > best["step"])
-                if cfg.early_stopping_patience and evals_since_best >= cfg.early_stopping_patience:
+                patience = cfg.early_stopping_patience
+                if patience and evals_since_best >= patience and step < max_steps:
                     stopped_early = True
             if step % cfg.save_every_steps == 0 or step == max_steps or stopped_early:
                 ckpt.save_checkpoint(run_dir, step, {
@@ -287,6 +314,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                     "snapshot": snapshot.state_dict() if snapshot is not None else None,
                     "prev_targets": prev_targets.state_dict() if prev_targets is not None else None,
                     "history": history, "best": best, "top": top, "step_log": step_log,
+                    "elapsed_s": prior_s + time.perf_counter() - started,
                 }, cfg.keep_checkpoints)
             if stopped_early:
                 bar.write(f"early stopping at step {step}: no improvement in {cfg.early_stopping_patience} evaluations")
@@ -304,7 +332,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                    f"(best single step {best['wer']:.2f} % @ {best['step']})")
     if cfg.askd.fake_quant_bits:
         remove_fake_quant(final, keep_quantized=True)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started  # this process (load, cache, steps, evaluations, averaging)
     metrics = {
         "steps": step,
         "best_step": best["step"],
@@ -318,7 +346,9 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "student": {k: v for k, v in report.items() if k != "mapping"},
         "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},
         "encoder_cache": bool(cache is not None),
-        "seconds": round(seconds, 1),
+        "seconds": round(prior_s + seconds, 1),  # the whole run, summed over resumes (steps redone after a kill not counted)
+        "seconds_this_process": round(seconds, 1),
+        "resumed_from_step": resumed_from_step,  # 0: trained from scratch in this process
         "device": str(device),
         "history": history,
     }

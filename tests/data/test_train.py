@@ -62,6 +62,7 @@ def test_distill_runs_and_writes_everything(tmp_path, monkeypatch, tiny_whisper_
     monkeypatch.chdir(tmp_path)
     metrics = distill(_cfg(tmp_path), tiny_whisper_dir, labelled_dir)
     assert metrics["steps"] == 8 and metrics["encoder_cache"] is True
+    assert metrics["resumed_from_step"] == 0 and metrics["seconds"] == metrics["seconds_this_process"] > 0
     assert [h["step"] for h in metrics["history"]] == [4, 8]
     assert (tmp_path / "student" / "model.safetensors").is_file()
     assert (tmp_path / "metrics" / "train.json").is_file()
@@ -93,6 +94,8 @@ def test_distill_runs_and_writes_everything(tmp_path, monkeypatch, tiny_whisper_
     shutil.rmtree(tmp_path / "metrics")
     again = distill(_cfg(tmp_path), tiny_whisper_dir, labelled_dir)
     assert again["steps"] == 8 and again["averaged_steps"] == [4, 8]
+    # the run's time is carried by its checkpoints: the rerun reports the first run's training time plus its own
+    assert again["resumed_from_step"] == 8 and again["seconds"] > again["seconds_this_process"]
     assert {name: (tmp_path / "metrics" / name).read_text() for name in logs} == logs
     rerun = load_file(tmp_path / "student" / "model.safetensors")
     assert all(torch.equal(weights[key], rerun[key]) for key in weights)
@@ -153,8 +156,40 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_whisper_dir, 
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{key} (ASKD_FAULT_SEED={seed})")
     for log in ("train_steps.csv", "train_eval.csv"):
         assert (ref / "metrics" / log).read_text() == (run / "metrics" / log).read_text(), log
-    assert json.loads((ref / "metrics" / "train.json").read_text())["best_step"] == json.loads(
-        (run / "metrics" / "train.json").read_text())["best_step"]
+    ref_metrics, run_metrics = (json.loads((d / "metrics" / "train.json").read_text()) for d in (ref, run))
+    assert ref_metrics["best_step"] == run_metrics["best_step"]
+    assert ref_metrics["resumed_from_step"] == 0 and run_metrics["resumed_from_step"] >= 4
+
+
+def test_kd_targets_from_the_teacher_at_its_own_window(tmp_path, monkeypatch, tiny_whisper_dir, labelled_dir):
+    """teacher_window full: a second cache holds the teacher's encoder outputs at its 30 s window, and the KD term
+    (not the cross-entropy) differs from the run whose teacher is cut to the student's 10 s window."""
+    monkeypatch.chdir(tmp_path)
+    logs = {}
+    for mode in ("student", "full"):
+        cfg = _cfg(tmp_path, teacher_window=mode, optim={"max_steps": 2}, average_best=1, eval_every_steps=2)
+        distill(cfg, tiny_whisper_dir, labelled_dir)
+        rows = (tmp_path / "metrics" / "train_steps.csv").read_text().splitlines()
+        logs[mode] = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
+    frames = sorted(json.loads(p.read_text())["shape"][1] for p in (tmp_path / "cache").glob("*/train.progress.json"))
+    assert frames == [500, 1500]  # the student's 10 s window and the teacher's own 30 s window
+    assert logs["student"]["ce"] == logs["full"]["ce"]  # same student, same batch
+    # the 1-layer student starts as an exact copy of the 1-layer teacher: no KL to the teacher cut to its window,
+    # but a KL to the teacher that sees 30 s
+    assert float(logs["student"]["kl"]) == 0 < float(logs["full"]["kl"])
+
+
+@pytest.mark.parametrize(("patience", "steps", "stopped_early"), [(2, 6, True), (3, 8, False)])
+def test_early_stopping(tmp_path, monkeypatch, tiny_whisper_dir, labelled_dir, patience, steps, stopped_early):
+    """lr 1e-12 leaves the weights as they were, so the validation WER never improves after the first evaluation:
+    training stops once `patience` evaluations passed without a better WER, and reaching max_steps at that same
+    evaluation is not an early stop."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tmp_path, optim={"lr": 1e-12}, eval_every_steps=2, early_stopping_patience=patience, average_best=1)
+    metrics = distill(cfg, tiny_whisper_dir, labelled_dir)
+    assert [h["step"] for h in metrics["history"]] == list(range(2, steps + 1, 2))
+    assert len({h["val_wer"] for h in metrics["history"]}) == 1 and metrics["best_step"] == 2
+    assert metrics["steps"] == steps and metrics["stopped_early"] is stopped_early
 
 
 def test_nan_guard_stops_with_a_clear_message(tmp_path, monkeypatch, tiny_whisper_dir, labelled_dir):

@@ -38,3 +38,10 @@ def test_model_card_says_how_the_saved_weights_were_made():
     assert "- saved weights: mean of the 3 evaluation points with the lowest validation WER" in _recipe(
         {"train": {"average_best": 3}})
     assert "- saved weights: the evaluation point with the lowest validation WER" in _recipe({"train": {}})
+
+
+def test_model_card_says_which_teacher_window_gave_the_kd_targets():
+    from components.model_card import _recipe
+
+    assert "KD targets from the teacher at its own window" in _recipe({"train": {"teacher_window": "full"}})[3]
+    assert "KD targets from the teacher at the student window" in _recipe({"train": {"teacher_window": "student"}})[3]
