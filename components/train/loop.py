@@ -32,6 +32,7 @@ from components.settings import TrainSettings
 from components.text import wer
 from components.train import checkpoint as ckpt
 from components.train.data import (
+    IGNORE_INDEX,
     EncoderCache,
     SpecialTokens,
     batch_indices,
@@ -47,7 +48,8 @@ from components.train.data import (
 from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
 from components.train.losses import distillation_loss, loss_weights
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
-from components.train.student import init_student, teacher_for_training
+from components.train.student import init_student, label_logits, teacher_for_training
+from components.train.teacher_targets import filled_kd_targets
 from components.whisper_io import generate_tokens, load_whisper
 
 STEP_LOG = Path("metrics/train_steps.csv")
@@ -107,6 +109,12 @@ def _filled_cache(cfg: TrainSettings, teacher_dir: Path, window_s: float, model,
         with tqdm(total=len(audios), initial=cache.done_rows(), desc=desc, unit="clip", dynamic_ncols=True) as bar:
             cache.fill(encode, lambda rows: [audios[r] for r in rows], bar)
     return cache
+
+
+def _kd_ever(cfg: TrainSettings) -> bool:
+    """Whether the teacher's logits weigh in at any step (alpha moves monotonically from start to end)."""
+    a = cfg.askd
+    return a.alpha_start > 0 or (a.alpha_schedule != "constant" and a.alpha_end > 0)
 
 
 def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[str, Any]:
@@ -176,6 +184,13 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     device = acc.device
     teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
     kd_teacher.to(device)
+    kd_targets = None  # train.kd_top_k: the teacher's KD targets computed once, not every step
+    if cfg.kd_top_k is not None and _kd_ever(cfg):
+        fixed = [build_sequence(t, special, np.random.default_rng(0), 0.0, None, cfg.max_label_tokens)
+                 for t in train_tokens]  # what every step builds when no sequence varies (the settings check it)
+        kd_targets = filled_kd_targets(cfg, cache_key(teacher_dir, cfg.student.window_s, processor), kd_teacher,
+                                        kd_processor, kd_cache if kd_teacher is not teacher else cache,
+                                        train_audio, fixed, pad_id, device)
 
     run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
         {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
@@ -236,32 +251,53 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 pairs.append(build_sequence(train_tokens[i], special, rng, cfg.timestamp_probability, prev,
                                             cfg.max_label_tokens))
             dec_in, targets = (t.to(device) for t in collate(pairs, pad_id))
+            labels = targets != IGNORE_INDEX
+            # logits only at label positions (half of a batch): not with hidden-state or per-position self-targets,
+            # nor under DDP (see label_logits)
+            label_only = shared_encoder and weights.feature == 0 and prev_targets is None and acc.num_processes == 1
+
+            def logits_of(model, states):
+                if label_only:
+                    return label_logits(model, states, dec_in, labels)
+                return model(encoder_outputs=(states,), decoder_input_ids=dec_in).logits
+
             with torch.no_grad():
                 if cache is not None:
                     enc = cache.rows(idx).to(device)
                 else:
                     enc = teacher.get_encoder()(features(processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
                 t_enc = enc
-                if kd_teacher is not teacher:
+                if kd_teacher is not teacher and kd_targets is None:
                     t_enc = kd_cache.rows(idx).to(device) if kd_cache is not None else kd_teacher.get_encoder()(
                         features(kd_processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
-                t_out = kd_teacher(encoder_outputs=(t_enc,), decoder_input_ids=dec_in,
-                                   output_hidden_states=weights.feature > 0)
+                t_out, kd_in = None, None
+                if kd_targets is not None:
+                    kd_in = kd_targets.rows(idx) if weights.kd > 0 else None
+                elif weights.feature > 0:
+                    t_out = kd_teacher(encoder_outputs=(t_enc,), decoder_input_ids=dec_in, output_hidden_states=True)
+                    kd_in = t_out.logits
+                elif weights.kd > 0:
+                    kd_in = logits_of(kd_teacher, t_enc)
                 self_logits = None
                 if weights.self_kd > 0:
                     if cfg.askd.self_teacher == "ema" and ema is not None:
-                        self_logits = ema.model(encoder_outputs=(enc,), decoder_input_ids=dec_in).logits
+                        self_logits = logits_of(ema.model, enc)
                     elif cfg.askd.self_teacher == "snapshot" and snapshot is not None:
-                        self_logits = snapshot(encoder_outputs=(enc,), decoder_input_ids=dec_in).logits
+                        self_logits = logits_of(snapshot, enc)
                     elif prev_targets is not None:
                         self_logits = prev_targets.logits_for([train_ids[i] for i in idx], targets)
             with acc.accumulate(student):
                 s_enc = (enc,) if shared_encoder else None
                 s_kwargs = {"encoder_outputs": s_enc} if s_enc is not None else {
                     "input_features": features(processor, [train_audio[i] for i in idx]).to(device)}
-                s_out = student(**s_kwargs, decoder_input_ids=dec_in, output_hidden_states=weights.feature > 0)
+                if label_only:
+                    with acc.autocast():
+                        s_out = label_logits(acc.unwrap_model(student), enc, dec_in, labels)
+                else:
+                    s_out = student(**s_kwargs, decoder_input_ids=dec_in, output_hidden_states=weights.feature > 0)
                 loss, parts = distillation_loss(
-                    s_out, t_out.logits, self_logits, targets, weights, cfg.askd.temperature,
+                    s_out, kd_in, self_logits, targets[labels].unsqueeze(0) if label_only else targets, weights,
+                    cfg.askd.temperature,
                     teacher_hidden=getattr(t_out, "decoder_hidden_states", None),
                     mapping=report["mapping"]["decoder"],
                 )
@@ -346,6 +382,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "student": {k: v for k, v in report.items() if k != "mapping"},
         "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},
         "encoder_cache": bool(cache is not None),
+        "kd_targets_cached_top_k": cfg.kd_top_k if kd_targets is not None else None,  # null: live teacher pass
         "seconds": round(prior_s + seconds, 1),  # the whole run, summed over resumes (steps redone after a kill not counted)
         "seconds_this_process": round(seconds, 1),
         "resumed_from_step": resumed_from_step,  # 0: trained from scratch in this process

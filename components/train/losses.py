@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.settings import AskdSchedule
+from components.train.teacher_targets import SparseTargets, kl_divergence_topk
 
 IGNORE_INDEX = -100
 EXP_SCHEDULE_FLOOR = 1e-4  # geometric interpolation needs > 0 ends; 0 is replaced by this (reached exactly at the end)
@@ -120,6 +121,11 @@ def _zero_like(t: torch.Tensor) -> torch.Tensor:
     return t.sum() * 0.0
 
 
+def _label_rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t[mask]`` ([N, V]); a view, not a copy, when every position is a label (``label_logits`` batches)."""
+    return t.reshape(-1, t.shape[-1]) if bool(mask.all()) else t[mask]
+
+
 def cross_entropy(
     student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
@@ -127,7 +133,7 @@ def cross_entropy(
     mask = labels != ignore_index
     if not bool(mask.any()):
         return _zero_like(student_logits)
-    return F.cross_entropy(student_logits[mask].float(), labels[mask], reduction="mean")
+    return F.cross_entropy(_label_rows(student_logits, mask).float(), labels[mask], reduction="mean")
 
 
 def kl_divergence(
@@ -140,8 +146,8 @@ def kl_divergence(
     mask = labels_mask.bool()
     if not bool(mask.any()):
         return _zero_like(student_logits)
-    log_p_s = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits[mask].detach().float() / temperature, dim=-1)
+    log_p_s = F.log_softmax(_label_rows(student_logits, mask).float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(_label_rows(teacher_logits, mask).detach().float() / temperature, dim=-1)
     per_token = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
     return per_token.mean() * temperature**2
 
@@ -177,7 +183,7 @@ def feature_loss(
 
 def distillation_loss(
     student_out: Any,
-    teacher_logits: torch.Tensor | None,
+    teacher_logits: torch.Tensor | SparseTargets | None,
     self_logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     labels: torch.Tensor,
     weights: LossWeights,
@@ -192,6 +198,8 @@ def distillation_loss(
     part is 0.0); CE is always computed and reported. A term with weight > 0 and no input raises ``ValueError``.
     ``self_logits`` may be a ``(logits, valid_mask)`` pair (``PreviousEpochTargets.logits_for``): the self-KD
     term then averages over label positions that are also valid (0 if there are none).
+    ``teacher_logits`` may be cached top-k targets (:class:`SparseTargets`, ``train.kd_top_k``): the KD term is
+    then :func:`kl_divergence_topk`.
     ``parts`` = ``{"ce", "kl", "self_kd", "feature", "total", "n_tokens"}``.
     """
     logits = student_out if isinstance(student_out, torch.Tensor) else student_out.logits
@@ -203,7 +211,10 @@ def distillation_loss(
     if weights.kd > 0:
         if teacher_logits is None:
             raise ValueError("kd weight > 0 but no teacher_logits were given")
-        kl = kl_divergence(teacher_logits, logits, mask, temperature)
+        if isinstance(teacher_logits, SparseTargets):
+            kl = kl_divergence_topk(teacher_logits, logits, mask, temperature)
+        else:
+            kl = kl_divergence(teacher_logits, logits, mask, temperature)
         total = total + weights.kd * kl
         parts["kl"] = float(kl.detach())
     if weights.self_kd > 0:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from components.settings import StudentSettings
-from components.train.student import init_student, layer_indices, shorten_window, teacher_for_training
+from components.train.student import init_student, label_logits, layer_indices, shorten_window, teacher_for_training
 from components.whisper_io import load_whisper
 
 SAMPLE_RATE_HZ = 16_000
@@ -162,3 +162,23 @@ def test_save_and_reload_round_trip(built, tmp_path):
     with torch.no_grad():
         ids = model.generate(feats, max_new_tokens=MAX_NEW_TOKENS)
     assert ids.shape[0] == 1 and 0 < ids.shape[1] <= MAX_NEW_TOKENS + 4
+
+
+def test_label_logits_equal_the_full_forward_at_label_positions(built):
+    """The label-only projection gives the same logits and the same gradients as the full forward."""
+    student = built[0]
+    torch.manual_seed(0)
+    enc = torch.randn(3, student.config.max_source_positions, student.config.d_model)
+    dec = torch.randint(0, 1000, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, :2] = False
+    mask[2, 5:] = False
+    student.train()
+    full = student(encoder_outputs=(enc,), decoder_input_ids=dec).logits
+    part = label_logits(student, enc, dec, mask)
+    assert part.shape == (1, int(mask.sum()), student.config.vocab_size)
+    assert torch.allclose(part[0], full[mask], atol=1e-5)
+    weight = student.proj_out.weight
+    g_full = torch.autograd.grad(full[mask].logsumexp(-1).sum(), weight)[0]
+    g_part = torch.autograd.grad(label_logits(student, enc, dec, mask).logsumexp(-1).sum(), weight)[0]
+    assert torch.allclose(g_full, g_part, atol=1e-4)
