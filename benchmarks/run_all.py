@@ -5,7 +5,7 @@ Benchmarks (one script per figure, each also runnable alone; see their docstring
 | script | headline figure |
 |---|---|
 | ``label_throughput.py`` | labelling clips/s: batched and CTranslate2 vs a naive one-clip loop |
-| ``train_step.py`` | training s/step: cached teacher-encoder outputs (+ cached top-k KD targets) vs recomputing (target >= 3x) |
+| ``train_step.py`` | training s/step: cached teacher-encoder outputs (+ cached teacher decoder states) vs recomputing (target >= 3x) |
 | ``speed.py`` | student vs teacher speed-up: same runtime (fp32, CT2 int8) and shipped int8 vs teacher fp32 |
 | ``dvc_noop.py`` | seconds of a no-op ``dvc repro`` |
 | ``pipeline_e2e.py`` | end-to-end pipeline seconds (from the last run's metrics; ``--e2e run``: a real run + peak RSS) |
@@ -94,12 +94,12 @@ def headlines(name: str, r: dict) -> list[tuple[str, str, str]]:
         return [
             ("train step, cached encoder (s/step)", _fmt(r["seconds_per_step"]["cached"], digits=3), how),
             ("train step, recompute encoder (s/step)", _fmt(r["seconds_per_step"]["recompute"], digits=3), how),
-            ("train step, cached encoder + top-k KD targets (s/step)",
-             _fmt(r["seconds_per_step"]["cached_targets"], digits=3), f"{how}, k = {r['kd_top_k']}"),
+            ("train step, cached encoder + teacher states (s/step)",
+             _fmt(r["seconds_per_step"]["cached_states"], digits=3), how),
             ("train step speed-up cached encoder vs recompute", _fmt(r["speedup_cached_vs_recompute"], "x"),
-             "the teacher's decoder still runs every step (train.kd_top_k: null)"),
-            ("train step speed-up cached encoder + targets vs recompute",
-             _fmt(r["speedup_cached_targets_vs_recompute"], "x"),
+             "the teacher's decoder still runs every step (train.cache_teacher_states: false)"),
+            ("train step speed-up cached encoder + teacher states vs recompute",
+             _fmt(r["speedup_cached_states_vs_recompute"], "x"),
              f"the train default; target >= {r['target_speedup']}x: {'met' if r['meets_target'] else 'NOT met'}"),
             ("train step FLOP ratio recompute / cached", _fmt(r["flop_ratio_recompute_vs_cached"], "x"),
              "counted matmul/conv/attention FLOPs (forward + backward), load-independent"),

@@ -226,9 +226,9 @@ class TrainSettings(_Section):
     )
     timestamp_probability: float = Field(0.0, ge=0, le=1)
     condition_on_prev_probability: float = Field(0.0, ge=0, le=1)
-    kd_top_k: int | None = Field(
-        64, ge=1, description="cache the teacher's KD targets once (its k most probable tokens + a tail bucket) "
-        "instead of a teacher decoder pass every step; null = full-vocabulary KL from the live teacher"
+    cache_teacher_states: bool = Field(
+        True, description="cache the teacher decoder's final states per label token once (its logits are then one "
+        "matmul per step, exact); used when no sequence varies (timestamp/prev probabilities 0) and no feature term"
     )
     max_label_tokens: int = Field(128, ge=8, le=444)
     pack_fraction: float = Field(
@@ -246,19 +246,6 @@ class TrainSettings(_Section):
         1, ge=1, le=16, description="final weights = mean of the N evaluation points with the lowest validation WER"
     )
     log_every_steps: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _kd_top_k(self) -> TrainSettings:
-        if self.kd_top_k is None:
-            return self
-        varying = [k for k in ("timestamp_probability", "condition_on_prev_probability") if getattr(self, k) > 0]
-        if varying:  # the sequences change from step to step: the teacher's targets cannot be cached
-            raise ValueError(f"kd_top_k={self.kd_top_k} needs fixed label sequences: set {' and '.join(varying)} "
-                             "to 0 or kd_top_k to null")
-        if self.askd.feature_weight > 0:
-            raise ValueError(f"kd_top_k={self.kd_top_k} caches logits only; askd.feature_weight="
-                             f"{self.askd.feature_weight} needs the teacher's hidden states: set kd_top_k to null")
-        return self
 
 
 class EvalSettings(_Section):

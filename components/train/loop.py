@@ -49,7 +49,7 @@ from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
 from components.train.losses import distillation_loss, loss_weights
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, label_logits, teacher_for_training
-from components.train.teacher_targets import filled_kd_targets
+from components.train.teacher_states import filled_teacher_states
 from components.whisper_io import generate_tokens, load_whisper
 
 STEP_LOG = Path("metrics/train_steps.csv")
@@ -109,6 +109,13 @@ def _filled_cache(cfg: TrainSettings, teacher_dir: Path, window_s: float, model,
         with tqdm(total=len(audios), initial=cache.done_rows(), desc=desc, unit="clip", dynamic_ncols=True) as bar:
             cache.fill(encode, lambda rows: [audios[r] for r in rows], bar)
     return cache
+
+
+def _scatter_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` label-position rows back into a ``[B, L, V]`` tensor (zeros elsewhere: masked out of the loss)."""
+    out = rows.new_zeros((*mask.shape, rows.shape[-1]))
+    out[mask] = rows
+    return out
 
 
 def _kd_ever(cfg: TrainSettings) -> bool:
@@ -184,13 +191,14 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     device = acc.device
     teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
     kd_teacher.to(device)
-    kd_targets = None  # train.kd_top_k: the teacher's KD targets computed once, not every step
-    if cfg.kd_top_k is not None and _kd_ever(cfg):
+    kd_states = None  # train.cache_teacher_states: the teacher's decoder runs once per example, not every step
+    fixed_sequences = cfg.timestamp_probability == 0 and cfg.condition_on_prev_probability == 0
+    if cfg.cache_teacher_states and fixed_sequences and cfg.askd.feature_weight == 0 and _kd_ever(cfg):
         fixed = [build_sequence(t, special, np.random.default_rng(0), 0.0, None, cfg.max_label_tokens)
-                 for t in train_tokens]  # what every step builds when no sequence varies (the settings check it)
-        kd_targets = filled_kd_targets(cfg, cache_key(teacher_dir, cfg.student.window_s, processor), kd_teacher,
-                                        kd_processor, kd_cache if kd_teacher is not teacher else cache,
-                                        train_audio, fixed, pad_id, device)
+                 for t in train_tokens]  # exactly what every step builds when no sequence varies
+        kd_states = filled_teacher_states(cfg.cache_dir, cache_key(teacher_dir, cfg.student.window_s, processor),
+                                          kd_teacher, kd_processor, kd_cache if kd_teacher is not teacher else cache,
+                                          train_audio, fixed, pad_id, device)
 
     run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
         {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
@@ -267,12 +275,15 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 else:
                     enc = teacher.get_encoder()(features(processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
                 t_enc = enc
-                if kd_teacher is not teacher and kd_targets is None:
+                if kd_teacher is not teacher and kd_states is None:
                     t_enc = kd_cache.rows(idx).to(device) if kd_cache is not None else kd_teacher.get_encoder()(
                         features(kd_processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
                 t_out, kd_in = None, None
-                if kd_targets is not None:
-                    kd_in = kd_targets.rows(idx) if weights.kd > 0 else None
+                if kd_states is not None:
+                    if weights.kd > 0:  # the teacher's logits at the label positions: its output layer only
+                        kd_in = kd_teacher.proj_out(kd_states.rows(idx).to(device)).unsqueeze(0)
+                        if not label_only:
+                            kd_in = _scatter_rows(kd_in[0], labels)
                 elif weights.feature > 0:
                     t_out = kd_teacher(encoder_outputs=(t_enc,), decoder_input_ids=dec_in, output_hidden_states=True)
                     kd_in = t_out.logits
@@ -382,7 +393,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "student": {k: v for k, v in report.items() if k != "mapping"},
         "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},
         "encoder_cache": bool(cache is not None),
-        "kd_targets_cached_top_k": cfg.kd_top_k if kd_targets is not None else None,  # null: live teacher pass
+        "teacher_states_cached": kd_states is not None,  # false: the teacher's decoder ran every step
         "seconds": round(prior_s + seconds, 1),  # the whole run, summed over resumes (steps redone after a kill not counted)
         "seconds_this_process": round(seconds, 1),
         "resumed_from_step": resumed_from_step,  # 0: trained from scratch in this process

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.settings import AskdSchedule
-from components.train.teacher_targets import SparseTargets, kl_divergence_topk
 
 IGNORE_INDEX = -100
 EXP_SCHEDULE_FLOOR = 1e-4  # geometric interpolation needs > 0 ends; 0 is replaced by this (reached exactly at the end)
@@ -183,7 +182,7 @@ def feature_loss(
 
 def distillation_loss(
     student_out: Any,
-    teacher_logits: torch.Tensor | SparseTargets | None,
+    teacher_logits: torch.Tensor | None,
     self_logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     labels: torch.Tensor,
     weights: LossWeights,
@@ -198,8 +197,6 @@ def distillation_loss(
     part is 0.0); CE is always computed and reported. A term with weight > 0 and no input raises ``ValueError``.
     ``self_logits`` may be a ``(logits, valid_mask)`` pair (``PreviousEpochTargets.logits_for``): the self-KD
     term then averages over label positions that are also valid (0 if there are none).
-    ``teacher_logits`` may be cached top-k targets (:class:`SparseTargets`, ``train.kd_top_k``): the KD term is
-    then :func:`kl_divergence_topk`.
     ``parts`` = ``{"ce", "kl", "self_kd", "feature", "total", "n_tokens"}``.
     """
     logits = student_out if isinstance(student_out, torch.Tensor) else student_out.logits
@@ -211,10 +208,7 @@ def distillation_loss(
     if weights.kd > 0:
         if teacher_logits is None:
             raise ValueError("kd weight > 0 but no teacher_logits were given")
-        if isinstance(teacher_logits, SparseTargets):
-            kl = kl_divergence_topk(teacher_logits, logits, mask, temperature)
-        else:
-            kl = kl_divergence(teacher_logits, logits, mask, temperature)
+        kl = kl_divergence(teacher_logits, logits, mask, temperature)
         total = total + weights.kd * kl
         parts["kl"] = float(kl.detach())
     if weights.self_kd > 0:

@@ -96,7 +96,6 @@ def test_settings_are_frozen(params_file):
         ("prepare.validation_fraction=0.95", "validation_fraction + test_fraction must be < 1"),
         ("profile=huge", "invalid setting 'profile' = 'huge': unknown profile (allowed: quick, full)"),
         ("synth.min_words=20", "min_words=20 must be <= max_words=18"),
-        ("train.kd_top_k=0", "invalid setting 'train.kd_top_k' = 0: Input should be greater than or equal to 1"),
     ],
 )
 def test_invalid_values_name_the_key(params_file, override, expected, monkeypatch, tmp_path):
@@ -106,36 +105,6 @@ def test_invalid_values_name_the_key(params_file, override, expected, monkeypatc
     message = str(err.value)
     assert expected in message, message
     assert all(line.strip() for line in message.splitlines())
-
-
-@pytest.mark.parametrize(
-    ("overrides", "expected"),
-    [
-        (["train.kd_top_k=64", "train.timestamp_probability=0.5"],
-         "kd_top_k=64 needs fixed label sequences: set timestamp_probability to 0 or kd_top_k to null"),
-        (["train.kd_top_k=64", "train.condition_on_prev_probability=0.2"],
-         "set condition_on_prev_probability to 0 or kd_top_k to null"),
-        (["train.kd_top_k=64", "train.askd.feature_weight=0.5"],
-         "askd.feature_weight=0.5 needs the teacher's hidden states: set kd_top_k to null"),
-    ],
-)
-def test_cached_kd_targets_need_fixed_sequences_and_no_hidden_states(params_file, overrides, expected, monkeypatch,
-                                                                      tmp_path):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SettingsError) as err:
-        load_settings(params_file, overrides)
-    assert expected in str(err.value) and "'train'" in str(err.value), str(err.value)
-
-
-def test_every_preset_loads_with_the_shipped_params(monkeypatch):
-    """kdq matches hidden states, so it must switch the cached KD targets off; every preset must validate."""
-    root = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(root)
-    for preset in ("askd", "distil_whisper", "kdq", "ce_only"):
-        for profile in ("quick", "full"):
-            s = load_settings(root / "params.yaml", [f"train.preset={preset}", f"profile={profile}"])
-            assert s.train.preset == preset
-            assert (s.train.kd_top_k is None) == (preset == "kdq"), (preset, s.train.kd_top_k)
 
 
 def test_s3_source_needs_s3_url(params_file):
