@@ -29,6 +29,7 @@ Data: the labelled train split (``--labelled``, clips and teacher tokens, clips 
 exists, else synthetic tones + noise with a tokenised sentence (timing only; the JSON says which).
 
     python benchmarks/train_step.py [--teacher models/teacher] [--batch-size 8] [--rounds 3] [--steps 3]
+                                    [--[no-]freeze-embeddings]
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method per round")
     parser.add_argument("--clips", type=int, default=32, help="clip pool the batches are drawn from (and cached)")
     parser.add_argument("--window-s", type=int, default=None, help="student window (default: train.student.window_s)")
+    parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                        help="student token embedding = output layer frozen (default: train.student.freeze_embeddings)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
 
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         n_dec = int(WhisperConfig.from_pretrained(teacher_dir).decoder_layers)
         defaults = StudentSettings()
         window_s = args.window_s or defaults.window_s
-        student_cfg = defaults.model_copy(update={"window_s": window_s,
+        freeze_emb = defaults.freeze_embeddings if args.freeze_embeddings is None else args.freeze_embeddings
+        student_cfg = defaults.model_copy(update={"window_s": window_s, "freeze_embeddings": freeze_emb,
                                                   "decoder_layers": min(defaults.decoder_layers, n_dec)})
         student, processor, report = init_student(teacher_dir, student_cfg)
         if not report["encoder_is_teacher"]:
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
             "clips": n, "batch_size": args.batch_size, "rounds": args.rounds, "steps_per_round": args.steps,
             "window_s": window_s, "decoder_layers": student_cfg.decoder_layers,
             "student_trainable_params": report["student_trainable"],
+            "freeze_embeddings": freeze_emb,
             "seconds_per_step": {m: round(v, 4) for m, v in best.items()},
             "rounds_s_per_step": {m: [round(x, 4) for x in v] for m, v in times.items()},
             "speedup_cached_vs_recompute": round(ratio, 3),

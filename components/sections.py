@@ -154,6 +154,10 @@ class StudentSettings(_Section):
     decoder_layer_indices: tuple[int, ...] | None = None
     window_s: int = Field(10, ge=1, le=30, description="encoder input window in whole seconds (Whisper: 30)")
     freeze_encoder: bool = True
+    freeze_embeddings: bool = Field(
+        True, description="freeze the decoder's token embedding (tied to the output layer: most of the trainable "
+        "parameters of a small student, e.g. 19.9 M of 24.8 M for tiny.en with 2 decoder layers)"
+    )
     cache_encoder_outputs: bool = Field(True, description="needs freeze_encoder and the teacher's own encoder")
 
 

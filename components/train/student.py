@@ -163,7 +163,8 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
 
     Layers: ``cfg.*_layer_indices`` when given, else :func:`layer_indices` of ``cfg.*_layers``
     (``encoder_layers=None`` keeps every encoder layer). The student gets ``cfg.window_s`` (see
-    :func:`shorten_window`), the encoder is frozen when ``cfg.freeze_encoder``, and the generation config is the
+    :func:`shorten_window`), the encoder is frozen when ``cfg.freeze_encoder``,
+    the token embedding (= output layer, tied) when ``cfg.freeze_embeddings``, and the generation config is the
     teacher's with ``alignment_heads`` renumbered to the kept decoder layers. The model is returned in eval mode.
 
     ``report``: ``teacher_params``, ``teacher_trainable``, ``student_params``, ``student_trainable``,
@@ -203,6 +204,8 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     student, processor = shorten_window(student, processor, cfg.window_s)
     if cfg.freeze_encoder:
         student.freeze_encoder()
+    if cfg.freeze_embeddings:  # tied: the output projection stays the teacher's too
+        student.model.decoder.embed_tokens.requires_grad_(False)
     student.eval()
 
     t_total, t_train = _count(teacher)

@@ -83,11 +83,14 @@ def test_embeddings_tied_encoder_frozen_and_report(built):
     student, _, report, teacher = built
     assert student.proj_out.weight.data_ptr() == student.model.decoder.embed_tokens.weight.data_ptr()
     assert not any(p.requires_grad for p in student.model.encoder.parameters())
-    assert all(p.requires_grad for p in student.model.decoder.parameters())
+    emb = student.model.decoder.embed_tokens.weight
+    assert emb.requires_grad is not StudentSettings().freeze_embeddings
+    assert all(p.requires_grad for p in student.model.decoder.parameters() if p is not emb)
     total = sum(p.numel() for p in student.parameters())
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     assert report["student_params"] == total and report["student_trainable"] == trainable
-    assert trainable == sum(p.numel() for p in student.model.decoder.parameters())
+    frozen_emb = 0 if emb.requires_grad else emb.numel()
+    assert trainable == sum(p.numel() for p in student.model.decoder.parameters()) - frozen_emb
     assert report["student_bytes_fp32"] == 4 * total
     assert report["teacher_params"] == sum(p.numel() for p in teacher.parameters())
     assert report["teacher_params"] > total and report["window_s"] == 10.0
@@ -178,7 +181,20 @@ def test_label_logits_equal_the_full_forward_at_label_positions(built):
     part = label_logits(student, enc, dec, mask)
     assert part.shape == (1, int(mask.sum()), student.config.vocab_size)
     assert torch.allclose(part[0], full[mask], atol=1e-5)
-    weight = student.proj_out.weight
+    weight = student.model.decoder.layer_norm.weight  # trainable whatever freeze_embeddings says
     g_full = torch.autograd.grad(full[mask].logsumexp(-1).sum(), weight)[0]
     g_part = torch.autograd.grad(label_logits(student, enc, dec, mask).logsumexp(-1).sum(), weight)[0]
     assert torch.allclose(g_full, g_part, atol=1e-4)
+
+
+def test_freeze_embeddings_freezes_the_tied_output_layer_too(teacher_dir, built):
+    student, _, report, teacher = built
+    frozen, _, frozen_report = init_student(teacher_dir, StudentSettings(freeze_embeddings=True))
+    emb = frozen.model.decoder.embed_tokens.weight
+    assert not emb.requires_grad and frozen.proj_out.weight is emb  # tied: the output layer is frozen with it
+    assert torch.equal(emb, teacher.model.decoder.embed_tokens.weight)
+    assert all(p.requires_grad for n, p in frozen.model.decoder.named_parameters() if not n.startswith("embed_tokens"))
+    unfrozen, _, unfrozen_report = init_student(teacher_dir, StudentSettings(freeze_embeddings=False))
+    assert unfrozen.model.decoder.embed_tokens.weight.requires_grad
+    assert unfrozen_report["student_trainable"] - frozen_report["student_trainable"] == emb.numel()
+    assert frozen_report["student_params"] == unfrozen_report["student_params"] == report["student_params"]
