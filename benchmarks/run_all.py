@@ -123,7 +123,23 @@ def headlines(name: str, r: dict) -> list[tuple[str, str, str]]:
     return []
 
 
-def summary_markdown(results: dict[str, dict], errors: dict[str, str], durations: dict[str, float], args) -> str:
+def earlier_results(results_dir: Path, skip: set[str]) -> dict[str, dict]:
+    """The ``<benchmark>.json`` already in ``results_dir`` for benchmarks not in ``skip`` (kept in SUMMARY.md by
+    ``--only`` runs, marked with their own date)."""
+    out = {}
+    for name in ORDER:
+        path = results_dir / f"{name}.json"
+        if name not in skip and path.is_file():
+            try:
+                out[name] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def summary_markdown(results: dict[str, dict], errors: dict[str, str], durations: dict[str, float], args,
+                     earlier: dict[str, dict] | None = None) -> str:
+    earlier = earlier or {}
     hw = hardware()
     lines = [
         "# Benchmark summary",
@@ -145,6 +161,10 @@ def summary_markdown(results: dict[str, dict], errors: dict[str, str], durations
                 lines.append(f"| {name} | {figure} | {value} | {how} |")
         elif name in errors:
             lines.append(f"| {name} | FAILED | – | {errors[name]} |")
+        elif name in earlier:
+            when = (earlier[name].get("hardware") or {}).get("date", "an earlier run")
+            for figure, value, how in headlines(name, earlier[name]):
+                lines.append(f"| {name} | {figure} | {value} | {how}; not rerun: from {when} |")
     lines += ["", "Seconds per benchmark script: "
               + ", ".join(f"{k} {v:.1f}" for k, v in durations.items()), ""]
     lines.append("Each figure comes from `<benchmark>.json` next to this file (full detail: rounds, settings).")
@@ -191,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         durations[name] = time.perf_counter() - started
     summary = args.results_dir / "SUMMARY.md"
-    summary.write_text(summary_markdown(results, errors, durations, args))
+    earlier = earlier_results(args.results_dir, set(wanted)) if args.only else {}
+    summary.write_text(summary_markdown(results, errors, durations, args, earlier))
     (args.results_dir / "run_all.json").write_text(json.dumps(
         {"smoke": args.smoke, "e2e": args.e2e, "ran": list(results), "failed": errors,
          "seconds": {k: round(v, 2) for k, v in durations.items()}}, indent=2) + "\n")

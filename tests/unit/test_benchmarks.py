@@ -149,6 +149,25 @@ def test_a_failing_benchmark_is_reported_and_fails_the_run(tmp_path):
     assert not (results / "pipeline_e2e.json").exists()
 
 
+def test_only_keeps_the_other_benchmarks_earlier_figures_marked(tmp_path):
+    """`--only X` reruns X; SUMMARY.md still lists the others from their JSON, marked as not rerun with their date."""
+    from benchmarks import run_all
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  a: {cmd: x, metrics: [metrics/a.json: {cache: false}]}\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    earlier = {"hardware": {"date": "2026-01-02 03:04:05 UTC"}, "mode": "repo", "runs": 3, "min_s": 0.5,
+               "median_s": 0.75}
+    (results / "dvc_noop.json").write_text(json.dumps(earlier))
+    (results / "speed.json").write_text("{not json")
+    run_all.main(["--only", "pipeline_e2e", "--repo", str(tmp_path), "--results-dir", str(results)])
+    text = (results / "SUMMARY.md").read_text()
+    assert "| dvc_noop | no-op dvc repro, min (s) | 0.50 | mode repo, 3 runs; not rerun: from 2026-01-02 03:04:05 UTC |" in text
+    assert "| pipeline_e2e | FAILED |" in text and "| speed |" not in text
+    run_all.main(["--only", "dvc_noop,pipeline_e2e", "--repo", str(tmp_path), "--results-dir", str(results)])
+    assert "not rerun" not in (results / "SUMMARY.md").read_text()  # dvc_noop was wanted: never the stale figure
+
+
 def test_a_real_pipeline_run_goes_first_so_a_fresh_clone_has_models():
     from benchmarks import run_all
 
