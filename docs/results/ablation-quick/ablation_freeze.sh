@@ -8,11 +8,13 @@ export PATH=$PWD/.venv/bin:$PATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 out=docs/results/ablation-quick/freeze
 mkdir -p $out
 python - <<'PY'
+import os
 import pandas as pd
-df = pd.read_csv("data/raw/synth/metadata.csv")
+df = pd.read_csv("data/raw/synth/metadata.csv")  # manifests outside the DVC output, absolute audio paths
+df["audio"] = [os.path.abspath(os.path.join("data/raw/synth", f)) for f in df.file_name]
+os.makedirs("data/interim/ablation", exist_ok=True)
 for s in ("test", "test_ood"):
-    df[df.split == s][["file_name", "text"]].rename(columns={"file_name": "audio"}).to_csv(
-        f"data/raw/synth/abl_{s}.csv", index=False)
+    df[df.split == s][["audio", "text"]].to_csv(f"data/interim/ablation/{s}.csv", index=False)
 PY
 cp metrics/train.json $out/train_askd.json
 /usr/bin/time -f "askd_unfrozen train %e s" askd -s train.student.freeze_embeddings=false \
@@ -24,8 +26,9 @@ for preset in distil_whisper ce_only; do
   cp metrics/train.json $out/train_$preset.json
 done
 for split in test test_ood; do
-  askd evaluate --manifest data/raw/synth/abl_$split.csv --model models/teacher --model models/student \
+  askd evaluate --manifest data/interim/ablation/$split.csv --model models/teacher --model models/student \
     --model models/abl_askd_unfrozen --model models/abl_distil_whisper --model models/abl_ce_only \
     --out $out/eval_$split.json 2>&1 | tail -8
 done
+git checkout -- metrics/train.json metrics/train_eval.csv metrics/train_steps.csv  # the pipeline's, not the last ablation's
 echo done
