@@ -51,7 +51,8 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
     return [
         f"- preset: `{train.get('preset')}`, profile: `{settings.get('profile')}`",
         f"- student: decoder layers {student.get('decoder_layers')}, encoder window {student.get('window_s')} s, "
-        f"frozen encoder: {student.get('freeze_encoder')}",
+        f"frozen encoder: {student.get('freeze_encoder')}, frozen token embedding / output layer: "
+        f"{student.get('freeze_embeddings')}",
         f"- optimiser: lr {optim.get('lr')}, batch {optim.get('batch_size')}, max steps {optim.get('max_steps')}, "
         f"schedule {optim.get('lr_schedule')}",
         f"- loss: alpha {askd.get('alpha_schedule')} {askd.get('alpha_start')} → {askd.get('alpha_end')}, "
