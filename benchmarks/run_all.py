@@ -7,6 +7,7 @@ Benchmarks (one script per figure, each also runnable alone; see their docstring
 | ``label_throughput.py`` | labelling clips/s: batched and CTranslate2 vs a naive one-clip loop |
 | ``train_step.py`` | training s/step: cached teacher-encoder outputs (+ cached teacher decoder states) vs recomputing (target >= 3x) |
 | ``speed.py`` | student vs teacher speed-up: same runtime (fp32, CT2 int8) and shipped int8 vs teacher fp32 |
+| ``decode_breakdown.py`` | batch-1 time per part (features, encoder, decoder layers, output layer, generate overhead) |
 | ``dvc_noop.py`` | seconds of a no-op ``dvc repro`` |
 | ``pipeline_e2e.py`` | end-to-end pipeline seconds (from the last run's metrics; ``--e2e run``: a real run + peak RSS) |
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware, results_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ORDER = ("label_throughput", "train_step", "speed", "dvc_noop", "pipeline_e2e")
+ORDER = ("label_throughput", "train_step", "speed", "decode_breakdown", "dvc_noop", "pipeline_e2e")
 
 
 def plan(args) -> dict[str, list[str]]:
@@ -47,6 +48,7 @@ def plan(args) -> dict[str, list[str]]:
     speed = ["--teacher", args.teacher, "--student", args.student, "--prepared", args.prepared, *out]
     if args.speed_set:
         speed += ["--speed-set", args.speed_set]
+    breakdown = list(speed)  # the same models, data, speed set and results folder
     if args.label_split:
         label += ["--split", args.label_split]
     dvc = ["--repo", args.repo, *out]
@@ -56,9 +58,11 @@ def plan(args) -> dict[str, list[str]]:
         train += ["--batch-size", "2", "--rounds", "1", "--steps", "1", "--clips", "4"]
         speed += ["--clips", "2", "--rounds", "1", "--batch-size", "2", "--protocols", "natural",
                   "--max-new-tokens", "8"]
+        breakdown += ["--clips", "2", "--rounds", "1", "--max-new-tokens", "8"]
         dvc += ["--where", "tmp", "--runs", "1"]
     e2e += {"from-metrics": ["--from-metrics"], "run": ["--run"], "trivial": ["--trivial"]}[args.e2e]
-    return {"label_throughput": label, "train_step": train, "speed": speed, "dvc_noop": dvc, "pipeline_e2e": e2e}
+    return {"label_throughput": label, "train_step": train, "speed": speed, "decode_breakdown": breakdown,
+            "dvc_noop": dvc, "pipeline_e2e": e2e}
 
 
 def run_order(e2e: str) -> tuple[str, ...]:
@@ -109,6 +113,14 @@ def headlines(name: str, r: dict) -> list[tuple[str, str, str]]:
         how = f"{s['speed_clips']} clips of '{s['speed_set']}', min of {s['speed_rounds']} interleaved rounds"
         return [(f"speed-up {row['comparison']} ({key})", _fmt(row[key], "x"), how)
                 for row in r["speedup_table"] for key in row if key not in ("comparison", "form", "versus")]
+    if name == "decode_breakdown":
+        how = (f"batch 1, {r['sample']['clips']} clips of '{r['sample']['set']}', transformers fp32, "
+               f"min of {r['protocol']['rounds']} interleaved rounds")
+        rows = [(f"b1 {k.replace('_', ' ')} teacher / student", _fmt(v, "x"), how) for k, v in r["ratios"].items()]
+        for model, m in r["models"].items():
+            rows += [(f"b1 {model} ms per decoder step: {part.replace('_', ' ')}", _fmt(ms), how)
+                     for part, ms in m["ms_per_step"].items()]
+        return rows
     if name == "dvc_noop":
         return [("no-op dvc repro, min (s)", _fmt(r["min_s"]), f"mode {r['mode']}, {r['runs']} runs"),
                 ("no-op dvc repro, median (s)", _fmt(r["median_s"]), f"mode {r['mode']}, {r['runs']} runs")]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("label_throughput", "train_step", "speed", "dvc_noop", "pipeline_e2e")
+BENCHMARKS = ("label_throughput", "train_step", "speed", "decode_breakdown", "dvc_noop", "pipeline_e2e")
 
 
 def _positive(value) -> bool:
@@ -71,6 +71,19 @@ def test_smoke_run_writes_every_result_and_the_summary(smoke_results):
         for key in ("natural_b1", "natural_b2"):
             expected = forms[row["versus"]][key]["seconds"] / forms[row["form"]][key]["seconds"]
             assert row[key] == pytest.approx(expected, rel=0.01)
+
+    breakdown = data["decode_breakdown"]
+    parts = ("features_s", "encoder_s", "generate_s", "decoder_layers_s", "output_layer_s")
+    models = breakdown["models"]
+    for m in models.values():
+        assert all(_positive(m[p]) for p in parts) and m["steps"] >= 1
+        # the overhead is what generate pays beyond the encoder and the replayed decoder steps
+        assert m["generate_overhead_s"] == pytest.approx(
+            m["generate_s"] - m["encoder_s"] - m["decoder_layers_s"] - m["output_layer_s"], abs=1e-5)
+        assert m["ms_per_step"]["output_layer"] == pytest.approx(1000 * m["output_layer_s"] / m["steps"], rel=0.01)
+    t, s = models["teacher"], models["student"]
+    assert breakdown["ratios"]["ratio_generate"] == pytest.approx(t["generate_s"] / s["generate_s"], rel=0.01)
+    assert breakdown["ratios"]["ratio_encoder"] == pytest.approx(t["encoder_s"] / s["encoder_s"], rel=0.01)
 
     noop = data["dvc_noop"]
     assert noop["mode"] == "tmp_trivial_copy" and _positive(noop["min_s"]) and noop["min_s"] <= noop["median_s"]
