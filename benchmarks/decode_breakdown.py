@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     from components.export import load_form
     from components.settings import load_settings
     from components.speed import speed_sample
+    from components.whisper_io import _quiet_generate_logs
+
+    _quiet_generate_logs()  # transformers warns on every generate call about max_length vs max_new_tokens
 
     cfg = load_settings(args.params).evaluate
     speed_set, n_clips = args.speed_set or cfg.speed_set, args.clips or cfg.speed_clips
