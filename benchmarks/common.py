@@ -76,3 +76,13 @@ def tiny_random_whisper(out_dir: str | Path, *, d_model: int = 64, layers: int =
     model.save_pretrained(out_dir)
     WhisperProcessor.from_pretrained(real_dir).save_pretrained(out_dir)
     return out_dir
+
+
+def add_model_and_sample_args(parser, params_default: str) -> None:
+    """The models and the evaluate stage's speed sample, shared by speed.py and decode_breakdown.py."""
+    parser.add_argument("--teacher", default="models/teacher")
+    parser.add_argument("--student", default="models/student")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--params", default=params_default, help="evaluate settings to start from")
+    parser.add_argument("--speed-set", default=None, help="prepared split to sample (default: evaluate.speed_set)")
+    parser.add_argument("--clips", type=int, default=None, help="default: evaluate.speed_clips")

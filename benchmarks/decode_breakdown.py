@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result_in  # noqa: E402
+from benchmarks.common import add_model_and_sample_args, write_result_in  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("features_s", "encoder_s", "generate_s", "decoder_layers_s", "output_layer_s")
@@ -90,12 +90,7 @@ def summarise(per_round: list[list[dict]]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="models/teacher")
-    parser.add_argument("--student", default="models/student")
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="evaluate settings to start from")
-    parser.add_argument("--speed-set", default=None, help="prepared split to sample (default: evaluate.speed_set)")
-    parser.add_argument("--clips", type=int, default=None, help="default: evaluate.speed_clips")
+    add_model_and_sample_args(parser, str(REPO / "params.yaml"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: evaluate.max_new_tokens")
     parser.add_argument("--results-dir", default=None)
