@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def hardware() -> dict[str, Any]:
@@ -78,11 +79,12 @@ def tiny_random_whisper(out_dir: str | Path, *, d_model: int = 64, layers: int =
     return out_dir
 
 
-def add_model_and_sample_args(parser, params_default: str) -> None:
+def add_model_and_sample_args(parser) -> None:
     """The models and the evaluate stage's speed sample, shared by speed.py and decode_breakdown.py."""
     parser.add_argument("--teacher", default="models/teacher")
     parser.add_argument("--student", default="models/student")
     parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--params", default=params_default, help="evaluate settings to start from")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"),
+                        help="evaluate settings to start from")
     parser.add_argument("--speed-set", default=None, help="prepared split to sample (default: evaluate.speed_set)")
     parser.add_argument("--clips", type=int, default=None, help="default: evaluate.speed_clips")

@@ -11,7 +11,7 @@ minimum over ``--rounds`` interleaved rounds of:
   (``model.model.decoder`` then ``proj_out``, one token per step), timed apart: the decoder body (embedding, layers,
   final norm) and the 51,865-way output layer;
 * ``generate_overhead_s`` = ``generate_s - encoder_s - decoder_layers_s - output_layer_s``: what ``generate`` adds per
-  step (logits processors, stopping criteria, cache bookkeeping, Python), the same for both models.
+  step (logits processors, stopping criteria, cache bookkeeping, Python), which both models pay per step.
 
 The ratios then say what a change could buy: ``ratio_generate`` is the measured same-runtime speed-up of the
 generate call; ``ratio_without_overhead`` the ceiling if per-step overhead were zero (same models, a leaner
@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_model_and_sample_args, write_result_in  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 PARTS = ("features_s", "encoder_s", "generate_s", "decoder_layers_s", "output_layer_s")
 
 
@@ -90,7 +89,7 @@ def summarise(per_round: list[list[dict]]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_and_sample_args(parser, str(REPO / "params.yaml"))
+    add_model_and_sample_args(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: evaluate.max_new_tokens")
     parser.add_argument("--results-dir", default=None)
@@ -100,15 +99,16 @@ def main(argv: list[str] | None = None) -> dict:
     from components.export import load_form
     from components.settings import load_settings
     from components.speed import speed_sample
-    from components.whisper_io import _quiet_generate_logs
+    from components.whisper_io import SAMPLE_RATE_HZ, _quiet_generate_logs
 
     _quiet_generate_logs()  # transformers warns on every generate call about max_length vs max_new_tokens
 
     cfg = load_settings(args.params).evaluate
-    speed_set, n_clips = args.speed_set or cfg.speed_set, args.clips or cfg.speed_clips
-    max_new = args.max_new_tokens or cfg.max_new_tokens
-    if n_clips < 1 or args.rounds < 1:
-        raise SystemExit("--clips and --rounds must be >= 1")
+    speed_set = args.speed_set or cfg.speed_set
+    n_clips = cfg.speed_clips if args.clips is None else args.clips  # an explicit 0 is rejected, not replaced
+    max_new = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    if n_clips < 1 or args.rounds < 1 or max_new < 1:
+        raise SystemExit("--clips, --rounds and --max-new-tokens must be >= 1")
     forms = {name: load_form(path, name) for name, path in (("teacher", args.teacher), ("student", args.student))}
     for name, form in forms.items():
         if form.model is None:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result = {"teacher": args.teacher, "student": args.student, "prepared": args.prepared,
               "sample": {"set": speed_set, "clips": len(audios),
-                         "audio_s": round(sum(len(a) for a in audios) / 16000, 2)},
+                         "audio_s": round(sum(len(a) for a in audios) / SAMPLE_RATE_HZ, 2)},
               "protocol": {"batch_size": 1, "rounds": args.rounds, "statistic": "min over interleaved rounds",
                            "max_new_tokens": max_new, "precision": "float32", "runtime": "transformers"},
               "models": models, "ratios": ratios}

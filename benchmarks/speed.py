@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_model_and_sample_args, write_result_in  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 COMPARISONS = (  # (label, form, versus)
     ("same runtime: transformers fp32", "student", "teacher"),
     ("same runtime: CTranslate2 int8", "student_ct2_int8", "teacher_ct2_int8"),
@@ -66,7 +65,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_and_sample_args(parser, str(REPO / "params.yaml"))
+    add_model_and_sample_args(parser)
     parser.add_argument("--rounds", type=int, default=None, help="default: evaluate.speed_rounds")
     parser.add_argument("--batch-size", type=int, default=None, help="default: evaluate.speed_batch_size")
     parser.add_argument("--protocols", default=None, help="comma list of natural,fixed (default: evaluate's)")

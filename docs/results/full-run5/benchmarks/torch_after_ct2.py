@@ -34,7 +34,7 @@ def run(form, inference_mode: bool) -> float:
 for form in forms.values():  # warm-up
     run(form, False)
 before = {}
-for _ in range(1):  # one round (the script was run on a busy session clock)
+for _ in range(1):  # one round before CT2 (as it was run for torch_after_ct2.txt)
     for name, form in forms.items():
         for im in (False, True):
             before.setdefault((name, im), []).append(run(form, im))
