@@ -173,7 +173,8 @@ def stage_evaluate() -> None:
     cfg = settings()
     from components.evaluate import run_evaluate
 
-    _run_stage("evaluate", run_evaluate, cfg.evaluate, cfg.teacher.out_dir, cfg.train.out_dir, cfg.prepare.out_dir)
+    _run_stage("evaluate", run_evaluate, cfg.evaluate, cfg.teacher.out_dir, cfg.train.out_dir, cfg.prepare.out_dir,
+               cfg.label.out_dir)
 
 
 def _gate() -> None:
@@ -219,7 +220,7 @@ def stage_register() -> None:
 @app.command("evaluate")
 def evaluate_cmd(
     manifest: Annotated[Path, typer.Option(help="CSV with audio,text columns (audio paths relative to the CSV).")],
-    model: Annotated[list[Path], typer.Option(help="model folder: transformers, torch_int8 or CT2 export (repeatable).")],
+    model: Annotated[list[Path], typer.Option(help="model folder: transformers, torch_vocab, torch_int8 or CT2 export (repeatable).")],
     out: Annotated[Path, typer.Option(help="JSON file to write.")],
 ) -> None:
     """Evaluate one or more models on a manifest with the `evaluate` decode settings (WER, CER, hallucination)."""
@@ -232,7 +233,7 @@ def evaluate_cmd(
 @app.command("transcribe")
 def transcribe_cmd(
     audio: Annotated[list[Path], typer.Argument(help="audio files (any format FFmpeg/libsndfile decodes).")],
-    model: Annotated[Path, typer.Option(help="model folder: transformers, torch_int8 or CT2 export.")],
+    model: Annotated[Path, typer.Option(help="model folder: transformers, torch_vocab, torch_int8 or CT2 export.")],
 ) -> None:
     """Print `path<TAB>transcript` per audio file (greedy; long clips decoded in chunks)."""
     cfg = settings()

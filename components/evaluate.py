@@ -2,7 +2,8 @@
 
 Forms (:class:`components.speed.Form`): a transformers Whisper folder, a torch dynamic-int8 export of one (``torch_int8``:
 ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``, ``proj_out`` included), or a CTranslate2
-export (``ct2_float32`` / ``ct2_int8``, :mod:`components.ct2_runtime`; works for the 10 s student too).
+export (``ct2_float32`` / ``ct2_int8``, :mod:`components.ct2_runtime`; works for the 10 s student too), or a
+float32 folder whose output layer only scores the tokens of the training labels (``torch_vocab``, :mod:`components.vocab`).
 Exports (:mod:`components.export`) are written under ``exports_dir/<model>-<export>/`` and load back with
 :func:`components.export.load_form`.
 
@@ -271,8 +272,24 @@ def protocol(cfg, forms: list[Form]) -> dict[str, Any]:
     }
 
 
-def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path) -> dict[str, Any]:
-    """The DVC stage: evaluate, measure speed, write metrics/eval.json, the report and the plots."""
+def training_label_texts(labels_dir: Path | None, split: str = "train") -> list[str] | None:
+    """The teacher's pseudo-labels of ``split`` in the label stage's output (None when it is not there)."""
+    if labels_dir is None or not Path(labels_dir).is_dir():
+        return None
+    from datasets import load_from_disk
+
+    labelled = load_from_disk(str(labels_dir))
+    if split not in labelled or "teacher_text" not in labelled[split].column_names:
+        return None
+    return [str(t) for t in labelled[split]["teacher_text"]]
+
+
+def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
+                 labels_dir: Path | None = None) -> dict[str, Any]:
+    """The DVC stage: evaluate, measure speed, write metrics/eval.json, the report and the plots.
+
+    ``labels_dir`` (the label stage's output) gives a ``torch_vocab`` export the tokens it keeps.
+    """
     from components.artifacts import write_metrics
     from components.report import write_predictions, write_report
     from components.speed import measure_speed, speed_sample
@@ -281,7 +298,9 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path) 
     sets, missing = load_prepared_sets(prepared_dir, cfg.sets, cfg.max_clips)
     if not sets:
         raise ValueError(f"none of the evaluate.sets {list(cfg.sets)} is in the prepared dataset '{prepared_dir}'")
-    forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)})
+    wants_vocab = "torch_vocab" in (*cfg.exports, *cfg.teacher_exports)
+    forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)},
+                                       training_label_texts(labels_dir) if wants_vocab else None)
     results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status}
     rows: list[dict[str, Any]] = []
     from tqdm import tqdm

@@ -2,7 +2,8 @@
 
 Kinds: ``torch_int8`` (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``, ``proj_out`` included;
 the int8 state dict + config + processor), ``ct2_float32`` / ``ct2_int8`` (CTranslate2's own converter,
-:mod:`components.ct2_runtime`; works for shortened-window students). Each export is written into a temporary
+:mod:`components.ct2_runtime`; works for shortened-window students), ``torch_vocab`` (float32, the output layer
+restricted to the tokens of the training labels: :mod:`components.vocab`; a transformers folder + its kept ids). Each export is written into a temporary
 sibling folder and renamed into place (:func:`components.artifacts.atomic_dir`), so a killed run never leaves
 a half-written export that a later ``askd transcribe --model`` could pick up.
 """
@@ -20,7 +21,7 @@ from components.whisper_io import load_whisper
 
 EXPORT_MANIFEST = "askd_export.json"
 INT8_STATE_FILE = "model_int8.pt"
-EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8")
+EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8", "torch_vocab")
 
 
 def folder_bytes(path: Path, patterns=("*.safetensors", "*.bin", "*.pt")) -> int:
@@ -60,6 +61,22 @@ def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def export_torch_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None) -> Path:
+    """Write ``out_dir``: a copy of the transformers folder ``model_dir`` + the kept token ids of ``texts``."""
+    from components.vocab import kept_token_ids, write_vocab_file
+
+    if not texts:
+        raise ValueError("torch_vocab needs the training label texts (the label stage's output) to pick its tokens")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model, processor = load_whisper(model_dir)
+    keep = kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(model_dir, out_dir)
+    write_vocab_file(out_dir, keep, int(model.config.vocab_size), f"{len(texts)} training label texts")
+    return out_dir
+
+
 def _load_torch_int8(path: Path):
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
@@ -83,9 +100,12 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
     """A :class:`Form` from a transformers Whisper folder, a torch_int8 export or a CTranslate2 export."""
     path = Path(path)
     name = name or path.name
+    source = {"path": str(path), "name": name, "ct2_encoder": ct2_encoder,
+              "fallback_dir": None if fallback_dir is None else str(fallback_dir)}
     if (path / EXPORT_MANIFEST).is_file():
         model, processor, params = _load_torch_int8(path)
-        return Form(name, "torch_int8", path, processor, model=model, params=params, bytes=folder_bytes(path))
+        return Form(name, "torch_int8", path, processor, model=model, params=params, bytes=folder_bytes(path),
+                    source=source)
     if (path / "model.bin").is_file():
         from components.ct2_runtime import MANIFEST_FILE, Ct2Whisper
 
@@ -96,20 +116,34 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
         engine = Ct2Whisper(path, compute_type=compute, fallback_dir=fallback_dir, encoder=encoder)
         params = int(manifest.get("params", 0))
         return Form(name, f"ct2_{compute}", path, engine.processor, engine=engine, params=params,
-                    bytes=folder_bytes(path, ("model.bin",)), info={"ct2_encoder": encoder})
+                    bytes=folder_bytes(path, ("model.bin",)), info={"ct2_encoder": encoder}, source=source)
+    from components.vocab import apply_pruned_head, read_vocab_file
+
     model, processor = load_whisper(path)
-    return Form(name, "transformers", path, processor, model=model, params=_count_params(model),
-                bytes=folder_bytes(path))
+    params = _count_params(model)
+    keep = read_vocab_file(path)
+    if keep is None:
+        return Form(name, "transformers", path, processor, model=model, params=params, bytes=folder_bytes(path),
+                    source=source)
+    apply_pruned_head(model, keep)
+    return Form(name, "torch_vocab", path, processor, model=model, params=params, bytes=folder_bytes(path),
+                info={"kept_tokens": len(keep), "vocab_size": int(model.config.vocab_size)}, source=source)
 
 
-def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ctranslate2") -> Form:
-    """Export ``base`` (a transformers form) as ``kind`` into ``exports_dir/<name>-<kind>`` and load it."""
+def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ctranslate2",
+                vocab_texts: list[str] | None = None) -> Form:
+    """Export ``base`` (a transformers form) as ``kind`` into ``exports_dir/<name>-<kind>`` and load it.
+
+    ``vocab_texts``: the training label texts whose tokens a ``torch_vocab`` export keeps.
+    """
     if kind not in EXPORT_KINDS:
         raise ValueError(f"unknown export {kind!r} (use one of {EXPORT_KINDS})")
     out = Path(exports_dir) / f"{base.name}-{kind}"
     with atomic_dir(out) as tmp:  # renamed into place only when complete
         if kind == "torch_int8":
             export_torch_int8(base.path, tmp)
+        elif kind == "torch_vocab":
+            export_torch_vocab(base.path, tmp, vocab_texts)
         else:
             from components.ct2_runtime import export_ct2
 
@@ -119,7 +153,8 @@ def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ct
     return form
 
 
-def build_forms(cfg, models: dict[str, Path]) -> tuple[list[Form], dict[str, str]]:
+def build_forms(cfg, models: dict[str, Path], vocab_texts: list[str] | None = None
+                ) -> tuple[list[Form], dict[str, str]]:
     """Base forms, the exports of ``cfg.exports`` for ``cfg.export_models`` and the teacher's ``teacher_exports``."""
     forms = [load_form(p, name) for name, p in models.items()]
     status: dict[str, str] = {}
@@ -136,7 +171,7 @@ def build_forms(cfg, models: dict[str, Path]) -> tuple[list[Form], dict[str, str
         for kind in kinds:
             key = f"{base.name}_{kind}"
             try:
-                forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder))
+                forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder, vocab_texts))
                 status[key] = "ok"
             except (ImportError, ValueError, RuntimeError, OSError) as err:
                 status[key] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"

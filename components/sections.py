@@ -268,11 +268,11 @@ class EvalSettings(_Section):
     )
     repetition_threshold: float = Field(0.3, gt=0, le=1, description="hallucination proxy: repeated 3-gram share")
     max_tokens_per_s: float = Field(12.0, gt=0, description="hallucination proxy: implausible token rate")
-    exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8"], ...] = Field(
+    exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab"], ...] = Field(
         ("torch_int8", "ct2_int8"), description="exports evaluated like the models (each of export_models)"
     )
     export_models: tuple[Literal["teacher", "student"], ...] = ("student",)
-    teacher_exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8"], ...] = Field(
+    teacher_exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab"], ...] = Field(
         ("ct2_int8",), description="teacher exports to compare against: the peer a user would run instead "
         "(faster-whisper = CTranslate2 int8); added to `exports` when teacher is in export_models"
     )
@@ -285,6 +285,10 @@ class EvalSettings(_Section):
     speed_batch_size: int = Field(8, ge=1, description="serving batch size (batch 1 is always measured)")
     speed_rounds: int = Field(2, ge=1, description="interleaved rounds; the minimum is kept")
     speed_protocols: tuple[Literal["natural", "fixed"], ...] = ("natural", "fixed")
+    speed_isolation: Literal["form", "runtime", "none"] = Field(
+        "form", description="where timed runs execute: each form in its own worker process (as users run one "
+        "model), one worker per runtime (torch / ctranslate2), or the calling process (none)"
+    )
     reports_dir: Path = Path("reports")
 
 

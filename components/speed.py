@@ -14,6 +14,8 @@ Speed protocol (:func:`measure_speed`):
   babbles to the cap cannot make the ratio look worse, nor a terse one better;
 * ``speed_rounds`` rounds; in each round every form runs once per (protocol, batch), the form order rotating
   between rounds (interleaved, so background load hits every form alike); the MINIMUM over rounds is kept;
+* each form is timed in its own worker process by default (``speed_isolation``, :mod:`components.speed_workers`):
+  CTranslate2 having run in a process slows PyTorch there; one command at a time, so rounds stay interleaved;
 * per (form, protocol, batch): ``seconds`` (the whole sample), ``latency_s`` (per clip), ``rtf`` (seconds per
   second of audio), ``tokens_per_s`` (generated tokens); ``speedup[form][<protocol>_b<batch>]`` is the
   reference's seconds over the form's, both minima of the same run; ``speedup_same_runtime[student_<x>]`` is the
@@ -126,14 +128,15 @@ class Form:
     """One evaluated model: ``generate`` decodes clips that fit its window; :meth:`decode` any clips."""
 
     name: str
-    kind: str  # transformers | torch_int8 | ct2_float32 | ct2_int8
+    kind: str  # transformers | torch_vocab | torch_int8 | ct2_float32 | ct2_int8
     path: Path | None
     processor: Any
-    model: Any = None  # a torch Whisper (transformers, torch_int8)
+    model: Any = None  # a torch Whisper (transformers, torch_vocab, torch_int8)
     engine: Any = None  # a components.ct2_runtime.Ct2Whisper
     params: int = 0
     bytes: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None  # load_form keyword arguments that load this form again (speed workers)
 
     @property
     def window_samples(self) -> int:
@@ -289,48 +292,40 @@ def _batches(audios: list[np.ndarray], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _run_once(form, audios, batches, budgets, cfg) -> tuple[float, int]:
-    """Seconds and generated tokens for the whole sample (``budgets`` None: natural; else tokens per batch)."""
-    tokens = 0
-    started = time.perf_counter()
-    for k, idx in enumerate(batches):
-        clips = [audios[i] for i in idx]
-        if budgets is None:
-            outs = form.generate(clips, batch_size=len(idx), max_new_tokens=cfg.max_new_tokens,
-                                 num_beams=cfg.num_beams)
-        else:
-            outs = form.generate(clips, batch_size=len(idx), max_new_tokens=budgets[k],
-                                 min_new_tokens=budgets[k], num_beams=cfg.num_beams)
-        tokens += sum(len(ids) for ids, _ in outs)
-    return time.perf_counter() - started, tokens
+def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teacher",
+                  isolation: str | None = None) -> dict[str, Any]:
+    """Interleaved speed of ``forms`` on ``audios`` (see the module docstring); ``reference`` is the 1x form.
 
+    ``isolation`` (default ``cfg.speed_isolation``): ``form`` times each form in its own worker process,
+    ``runtime`` one worker per runtime, ``none`` this process (:mod:`components.speed_workers`).
+    """
+    from components.speed_workers import make_timer
 
-def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teacher") -> dict[str, Any]:
-    """Interleaved speed of ``forms`` on ``audios`` (see the module docstring); ``reference`` is the 1x form."""
     names = [f.name for f in forms]
     if reference not in names:
         raise ValueError(f"reference form {reference!r} not among {names}")
+    isolation = isolation or getattr(cfg, "speed_isolation", "form")
     batch_sizes = sorted({1, int(cfg.speed_batch_size)})
     protocols = [p for p in PROTOCOLS if p in cfg.speed_protocols]
     audio_s = sum(len(a) for a in audios) / SAMPLE_RATE_HZ
-    ref_form = forms[names.index(reference)]
-    # warm-up (not timed) + the reference's natural token counts for the fixed-length protocol
-    ref_counts = [len(ids) for ids, _ in ref_form.generate(audios, batch_size=1, max_new_tokens=cfg.max_new_tokens,
-                                                           num_beams=cfg.num_beams)]
-    for form in forms:
-        if form is not ref_form:
-            form.generate(audios[:2], batch_size=2, max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+    decode = (cfg.max_new_tokens, cfg.num_beams)
     plans = {bs: _batches(audios, bs) for bs in batch_sizes}
-    budgets = {bs: [max(1, max(ref_counts[i] for i in idx)) for idx in plans[bs]] for bs in batch_sizes}
     times: dict[str, dict[str, list[tuple[float, int]]]] = {n: {} for n in names}
-    for r in range(cfg.speed_rounds):
-        for form in forms[r % len(forms):] + forms[: r % len(forms)]:
-            for bs in batch_sizes:
-                for proto in protocols:
-                    key = f"{proto}_b{bs}"
-                    seconds, tokens = _run_once(form, audios, plans[bs], None if proto == "natural" else budgets[bs],
-                                                cfg)
-                    times[form.name].setdefault(key, []).append((seconds, tokens))
+    with make_timer(forms, audios, isolation) as timer:
+        # warm-up (not timed) + the reference's natural token counts for the fixed-length protocol
+        ref_counts = timer.token_counts(reference, list(range(len(audios))), 1, *decode)
+        for name in names:
+            if name != reference:
+                timer.token_counts(name, list(range(min(2, len(audios)))), 2, *decode)
+        budgets = {bs: [max(1, max(ref_counts[i] for i in idx)) for idx in plans[bs]] for bs in batch_sizes}
+        for r in range(cfg.speed_rounds):
+            for form in forms[r % len(forms):] + forms[: r % len(forms)]:
+                for bs in batch_sizes:
+                    for proto in protocols:
+                        seconds, tokens = timer.time(form.name, plans[bs], None if proto == "natural" else budgets[bs],
+                                                     *decode)
+                        times[form.name].setdefault(f"{proto}_b{bs}", []).append((seconds, tokens))
+        workers = timer.describe()
     result: dict[str, Any] = {"forms": {}, "speedup": {}}
     for name in names:
         per = {}
@@ -347,9 +342,13 @@ def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teache
                                        for k, v in result["forms"][name].items()}
     # same runtime and precision: each student form against the teacher in that form (student_ct2_int8 vs
     # teacher_ct2_int8), the comparison a user who would run the teacher in that runtime cares about
+    # (a torch_vocab student, float32 in transformers with a pruned output layer, against the teacher as shipped)
     result["speedup_same_runtime"] = {}
+    kinds = {f.name: f.kind for f in forms}
     for name in names:
         twin = f"{reference}{name[len('student'):]}" if name.startswith("student") else None
+        if twin not in result["forms"] and name.startswith("student") and kinds[name] == "torch_vocab":
+            twin = reference if kinds[reference] == "transformers" else None
         if twin in result["forms"]:
             result["speedup_same_runtime"][name] = {
                 "versus": twin, **{k: round(result["forms"][twin][k]["seconds"] / v["seconds"], 3)
@@ -359,5 +358,6 @@ def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teache
                         "reference_tokens": int(sum(ref_counts)), "set": cfg.speed_set}
     result["protocol"] = {"rounds": cfg.speed_rounds, "batch_sizes": batch_sizes, "protocols": protocols,
                           "reference": reference, "statistic": "min over interleaved rounds (rotating order)",
-                          "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
+                          "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams,
+                          "isolation": isolation, "workers": workers}
     return result

@@ -1,0 +1,92 @@
+"""The vocabulary-pruned output layer (components/vocab.py) and its export kind ``torch_vocab``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.export import build_forms, load_form, make_export
+from components.settings import EvalSettings
+from components.speed import SAMPLE_RATE_HZ, measure_speed
+from components.vocab import BYTE_TOKENS, VOCAB_FILE, PrunedHead, kept_token_ids, read_vocab_file
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Nothing is certain but death and taxes."]
+
+
+def test_pruned_head_keeps_the_kept_logits_exactly_and_masks_the_rest():
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8)
+    keep = [3, 7, 11, 42]
+    head = PrunedHead(weight, keep)
+    hidden = torch.randn(2, 5, 8)
+    logits = head(hidden)
+    full = hidden @ weight.T
+    assert logits.shape == (2, 5, 50)
+    torch.testing.assert_close(logits[..., keep], full[..., keep])
+    others = [i for i in range(50) if i not in keep]
+    assert torch.isinf(logits[..., others]).all() and (logits[..., others] < 0).all()
+    with pytest.raises(ValueError, match=r"\[0, 50\)"):
+        PrunedHead(weight, [49, 50])
+
+
+def test_kept_ids_cover_the_label_tokens_single_bytes_and_every_special_token(tiny_whisper_dir):
+    from transformers import WhisperProcessor
+
+    tok = WhisperProcessor.from_pretrained(tiny_whisper_dir).tokenizer
+    vocab = len(tok)
+    keep = set(kept_token_ids(tok, TEXTS, vocab))
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert set(range(BYTE_TOKENS)) <= keep and set(range(eot, vocab)) <= keep
+    for text in TEXTS:
+        assert set(tok.encode(" " + text, add_special_tokens=False)) <= keep
+    unrelated = tok.encode(" photosynthesis", add_special_tokens=False)
+    assert not set(unrelated) <= keep  # a word of neither text is not kept whole
+    assert len(keep) < 0.05 * vocab
+
+
+def test_torch_vocab_export_decodes_like_the_full_model_with_the_pruned_tokens_suppressed(tmp_path, tiny_whisper_dir):
+    base = load_form(tiny_whisper_dir, "student")
+    form = make_export(base, "torch_vocab", tmp_path, vocab_texts=TEXTS)
+    assert form.kind == "torch_vocab" and form.name == "student_torch_vocab"
+    keep = read_vocab_file(form.path)
+    assert (form.path / VOCAB_FILE).is_file() and form.info["kept_tokens"] == len(keep)
+    assert form.params == base.params
+
+    rng = np.random.default_rng(1)
+    audios = [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE_HZ))).astype(np.float32) for s in (1.0, 2.0)]
+    pruned = form.generate(audios, batch_size=2, max_new_tokens=12)
+    full = base.generate(audios, batch_size=2, max_new_tokens=12)
+    assert all(set(ids) <= set(keep) for ids, _ in pruned)
+    assert any(not set(ids) <= set(keep) for ids, _ in full)  # the random model does emit pruned tokens
+
+    # independent oracle: transformers' own SuppressTokens processor on the full model
+    fe = base.processor.feature_extractor
+    feats = fe(audios, sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt").input_features
+    suppressed = sorted(set(range(base.model.config.vocab_size)) - set(keep))
+    with torch.inference_mode():
+        ref = base.model.generate(feats, max_new_tokens=12, num_beams=1, do_sample=False, suppress_tokens=suppressed)
+        got = form.model.generate(feats, max_new_tokens=12, num_beams=1, do_sample=False)
+    assert torch.equal(ref, got)
+
+
+def test_torch_vocab_without_label_texts_is_a_recorded_export_failure(tmp_path, tiny_whisper_dir):
+    cfg = EvalSettings(exports=("torch_vocab",), teacher_exports=(), exports_dir=tmp_path / "exports")
+    forms, status = build_forms(cfg, {"teacher": tiny_whisper_dir, "student": tiny_whisper_dir})
+    assert [f.name for f in forms] == ["teacher", "student"]
+    assert status["student_torch_vocab"].startswith("failed: ValueError: torch_vocab needs the training label texts")
+    assert not list((tmp_path / "exports").glob("student-torch_vocab*"))  # nothing half-written left behind
+
+
+def test_a_torch_vocab_student_is_compared_with_the_float32_teacher_as_the_same_runtime(tmp_path, tiny_whisper_dir):
+    cfg = EvalSettings(exports=("torch_vocab",), teacher_exports=(), exports_dir=tmp_path / "exports",
+                       max_new_tokens=4, speed_rounds=1, speed_batch_size=2, speed_isolation="none")
+    forms, status = build_forms(cfg, {"teacher": tiny_whisper_dir, "student": tiny_whisper_dir}, TEXTS)
+    assert status == {"student_torch_vocab": "ok"}
+    rng = np.random.default_rng(2)
+    audios = [(0.1 * rng.standard_normal(SAMPLE_RATE_HZ)).astype(np.float32) for _ in range(2)]
+    speed = measure_speed(forms, audios, cfg)
+    same = speed["speedup_same_runtime"]
+    assert same["student"]["versus"] == "teacher"
+    assert same["student_torch_vocab"]["versus"] == "teacher"
+    assert same["student_torch_vocab"]["natural_b1"] == speed["speedup"]["student_torch_vocab"]["natural_b1"]
