@@ -187,3 +187,35 @@ def test_a_real_pipeline_run_goes_first_so_a_fresh_clone_has_models():
     assert run_all.run_order("run")[0] == "pipeline_e2e"
     assert sorted(run_all.run_order("run")) == sorted(run_all.ORDER)
     assert run_all.run_order("from-metrics") == run_all.ORDER  # reads the metrics the others' run left
+
+
+def test_speed_of_an_untrained_student_shape_with_a_pruned_output_layer(tmp_path, teacher_dir, speech_clips):
+    """speed.py --init-student cuts the student from the teacher; torch_vocab keeps the label texts' tokens."""
+    from datasets import Dataset, DatasetDict
+
+    from benchmarks import speed as speed_benchmark
+    from tests.conftest import make_prepared_dataset
+
+    prepared = make_prepared_dataset(tmp_path / "data", speech_clips)
+    labels = tmp_path / "labelled"
+    DatasetDict({"train": Dataset.from_dict({"teacher_text": [c.text for c in speech_clips]})}).save_to_disk(labels)
+    result = speed_benchmark.main([
+        "--teacher", str(teacher_dir), "--prepared", str(prepared), "--speed-set", "train", "--clips", "2",
+        "--rounds", "1", "--batch-size", "1", "--max-new-tokens", "4", "--isolation", "none",
+        "--init-student", "decoder_layers=2", "--init-student", "window_s=10",
+        "--student-exports", "torch_vocab", "--teacher-exports", "", "--labels", str(labels),
+        "--results-dir", str(tmp_path / "results")])
+    assert result["init_student"]["decoder_layer_indices"] == [0, 3] and result["init_student"]["window_s"] == 10.0
+    assert result["settings"]["speed_protocols"] == ("fixed",)  # untrained: only forced lengths mean anything
+    speed = result["speed"]
+    assert set(speed["forms"]) == {"teacher", "student", "student_torch_vocab"}
+    assert set(speed["forms"]["student"]) == {"fixed_b1"}
+    assert result["exports"]["student_torch_vocab"]["kept_tokens"] < 3000
+    rows = {row["form"] + "/" + row["versus"]: row for row in result["speedup_table"]}
+    assert set(rows) == {"student/teacher", "student_torch_vocab/teacher"}
+    for row in rows.values():
+        expected = speed["forms"]["teacher"]["fixed_b1"]["seconds"] / speed["forms"][row["form"]]["fixed_b1"]["seconds"]
+        assert row["fixed_b1"] == pytest.approx(expected, rel=0.01)
+    with pytest.raises(SystemExit, match="torch_vocab needs the label stage's output"):
+        speed_benchmark.main(["--teacher", str(teacher_dir), "--prepared", str(prepared), "--speed-set", "train",
+                              "--student-exports", "torch_vocab", "--labels", str(tmp_path / "none")])
