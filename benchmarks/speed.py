@@ -49,6 +49,8 @@ COMPARISONS = (  # (label, form, versus)
     ("same runtime: transformers fp32, student output layer pruned", "student_torch_vocab", "teacher"),
     ("same runtime: transformers fp32, both output layers pruned", "student_torch_vocab", "teacher_torch_vocab"),
     ("same runtime: CTranslate2 int8", "student_ct2_int8", "teacher_ct2_int8"),
+    ("same runtime: CTranslate2 int8, student vocabulary pruned", "student_ct2_int8_vocab", "teacher_ct2_int8"),
+    ("shipped-candidate student CT2 int8 pruned vs teacher transformers fp32", "student_ct2_int8_vocab", "teacher"),
     ("shipped student CT2 int8 vs teacher transformers fp32", "student_ct2_int8", "teacher"),
     ("teacher CT2 int8 vs teacher transformers fp32 (runtime alone)", "teacher_ct2_int8", "teacher"),
 )
@@ -128,13 +130,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     wanted = {k.strip() for k in f"{args.teacher_exports},{args.student_exports}".split(",")}
     vocab_texts = None
-    if "torch_vocab" in wanted:
+    if any(k.endswith("_vocab") for k in wanted):
         from components.evaluate import training_label_texts
 
         labels = Path(args.labels or settings.label.out_dir)
         vocab_texts = training_label_texts(labels)
         if not vocab_texts:
-            raise SystemExit(f"torch_vocab needs the label stage's output with a train split: none at {labels}")
+            raise SystemExit(f"pruned-vocabulary exports need the label stage's output with a train split: none at {labels}")
     exports_dir = Path(tempfile.mkdtemp(prefix="bench-speed-exports-"))
     student_dir, student_report = Path(args.student), None
     try:

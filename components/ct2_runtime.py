@@ -267,6 +267,10 @@ class Ct2Whisper:
             self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
         self.generation_config = GenerationConfig.from_pretrained(self.ct2_dir, local_files_only=True)
         self.multilingual = bool(getattr(self.generation_config, "is_multilingual", False))
+        from components.vocab import IdMap, read_vocab_file
+
+        keep = read_vocab_file(self.ct2_dir)  # a pruned vocabulary: model ids <-> the tokenizer's
+        self.ids = IdMap(keep) if keep is not None else None
         self._fallback = None
         self.encoder = encoder
 
@@ -348,6 +352,14 @@ class Ct2Whisper:
             states = model.model.encoder(torch.from_numpy(feats).to(model.device, model.dtype)).last_hidden_state
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(states.float().cpu().numpy()))
 
+    def generate_ids(self, features, prompts: list[list[int]], suppress: list[int], **options) -> list[list[int]]:
+        """CT2 ``generate``, token ids in the tokenizer's numbering (a pruned vocabulary is mapped both ways)."""
+        if self.ids is not None:
+            prompts, suppress = [self.ids.to_model(p) for p in prompts], self.ids.to_model(suppress)
+        out = self.model.generate(features, prompts, suppress_tokens=suppress, **options)
+        seqs = [[int(t) for t in res.sequences_ids[0]] for res in out]
+        return [self.ids.from_model(seq) for seq in seqs] if self.ids is not None else seqs
+
     def generate_tokens(
         self,
         audios: Sequence[np.ndarray],
@@ -393,18 +405,11 @@ class Ct2Whisper:
             feats = fe([arrays[i] for i in idx], sampling_rate=SAMPLE_RATE_HZ, return_tensors="np").input_features
             features = self._encode(np.ascontiguousarray(feats, dtype=np.float32))
             prompts = self._prompts(features, len(idx), language, task)
-            out = self.model.generate(
-                features,
-                prompts,
-                beam_size=num_beams,
-                num_hypotheses=1,
-                max_length=CT2_MAX_LENGTH_FACTOR * max_new_tokens,
-                suppress_blank=suppress_blank,
-                suppress_tokens=suppress,
-                sampling_topk=1,
-            )
-            for i, res in zip(idx, out, strict=True):
-                ids = _strip_generated([int(t) for t in res.sequences_ids[0][:max_new_tokens]], eot_id, prompt_ids)
+            out = self.generate_ids(features, prompts, suppress, beam_size=num_beams, num_hypotheses=1,
+                                    max_length=CT2_MAX_LENGTH_FACTOR * max_new_tokens, suppress_blank=suppress_blank,
+                                    sampling_topk=1)
+            for i, seq in zip(idx, out, strict=True):
+                ids = _strip_generated(seq[:max_new_tokens], eot_id, prompt_ids)
                 results[i] = (ids, tok.decode(ids, skip_special_tokens=True).strip())
         return results
 

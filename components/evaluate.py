@@ -298,7 +298,7 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
     sets, missing = load_prepared_sets(prepared_dir, cfg.sets, cfg.max_clips)
     if not sets:
         raise ValueError(f"none of the evaluate.sets {list(cfg.sets)} is in the prepared dataset '{prepared_dir}'")
-    wants_vocab = "torch_vocab" in (*cfg.exports, *cfg.teacher_exports)
+    wants_vocab = any(k.endswith("_vocab") for k in (*cfg.exports, *cfg.teacher_exports))
     forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)},
                                        training_label_texts(labels_dir) if wants_vocab else None)
     results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status}

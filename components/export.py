@@ -3,7 +3,8 @@
 Kinds: ``torch_int8`` (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``, ``proj_out`` included;
 the int8 state dict + config + processor), ``ct2_float32`` / ``ct2_int8`` (CTranslate2's own converter,
 :mod:`components.ct2_runtime`; works for shortened-window students), ``torch_vocab`` (float32, the output layer
-restricted to the tokens of the training labels: :mod:`components.vocab`; a transformers folder + its kept ids). Each export is written into a temporary
+restricted to the tokens of the training labels: :mod:`components.vocab`; a transformers folder + its kept ids),
+``ct2_int8_vocab`` (CTranslate2 int8 of a copy whose vocabulary is those tokens; ids mapped back at decode time). Each export is written into a temporary
 sibling folder and renamed into place (:func:`components.artifacts.atomic_dir`), so a killed run never leaves
 a half-written export that a later ``askd transcribe --model`` could pick up.
 """
@@ -21,7 +22,7 @@ from components.whisper_io import load_whisper
 
 EXPORT_MANIFEST = "askd_export.json"
 INT8_STATE_FILE = "model_int8.pt"
-EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8", "torch_vocab")
+EXPORT_KINDS = ("torch_int8", "ct2_float32", "ct2_int8", "torch_vocab", "ct2_int8_vocab")
 
 
 def folder_bytes(path: Path, patterns=("*.safetensors", "*.bin", "*.pt")) -> int:
@@ -115,8 +116,11 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
         encoder = ct2_encoder if fallback_dir is not None else "ctranslate2"
         engine = Ct2Whisper(path, compute_type=compute, fallback_dir=fallback_dir, encoder=encoder)
         params = int(manifest.get("params", 0))
-        return Form(name, f"ct2_{compute}", path, engine.processor, engine=engine, params=params,
-                    bytes=folder_bytes(path, ("model.bin",)), info={"ct2_encoder": encoder}, source=source)
+        info = {"ct2_encoder": encoder}
+        if engine.ids is not None:
+            info.update(kept_tokens=len(engine.ids.keep), vocab_size=int(manifest.get("vocab_size", 0)))
+        return Form(name, f"ct2_{compute}" + ("_vocab" if engine.ids is not None else ""), path, engine.processor,
+                    engine=engine, params=params, bytes=folder_bytes(path, ("model.bin",)), info=info, source=source)
     from components.vocab import apply_pruned_head, read_vocab_file
 
     model, processor = load_whisper(path)
@@ -144,6 +148,10 @@ def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ct
             export_torch_int8(base.path, tmp)
         elif kind == "torch_vocab":
             export_torch_vocab(base.path, tmp, vocab_texts)
+        elif kind == "ct2_int8_vocab":
+            from components.vocab import export_ct2_vocab
+
+            export_ct2_vocab(base.path, tmp, vocab_texts, quantization="int8")
         else:
             from components.ct2_runtime import export_ct2
 

@@ -268,11 +268,12 @@ class EvalSettings(_Section):
     )
     repetition_threshold: float = Field(0.3, gt=0, le=1, description="hallucination proxy: repeated 3-gram share")
     max_tokens_per_s: float = Field(12.0, gt=0, description="hallucination proxy: implausible token rate")
-    exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab"], ...] = Field(
-        ("torch_int8", "ct2_int8"), description="exports evaluated like the models (each of export_models)"
+    exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab", "ct2_int8_vocab"], ...] = Field(
+        ("torch_int8", "ct2_int8", "torch_vocab", "ct2_int8_vocab"),
+        description="exports evaluated like the models (each of export_models)"
     )
     export_models: tuple[Literal["teacher", "student"], ...] = ("student",)
-    teacher_exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab"], ...] = Field(
+    teacher_exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab", "ct2_int8_vocab"], ...] = Field(
         ("ct2_int8",), description="teacher exports to compare against: the peer a user would run instead "
         "(faster-whisper = CTranslate2 int8); added to `exports` when teacher is in export_models"
     )

@@ -128,7 +128,7 @@ class Form:
     """One evaluated model: ``generate`` decodes clips that fit its window; :meth:`decode` any clips."""
 
     name: str
-    kind: str  # transformers | torch_vocab | torch_int8 | ct2_float32 | ct2_int8
+    kind: str  # transformers | torch_vocab | torch_int8 | ct2_float32 | ct2_int8 | ct2_int8_vocab
     path: Path | None
     processor: Any
     model: Any = None  # a torch Whisper (transformers, torch_vocab, torch_int8)
@@ -230,14 +230,14 @@ def _ct2_fixed(engine, audios, batch_size, max_new_tokens, min_new_tokens, num_b
         batch = [np.asarray(a, dtype=np.float32) for a in audios[start : start + batch_size]]
         feats = fe(batch, sampling_rate=SAMPLE_RATE_HZ, return_tensors="np").input_features
         features = engine._encode(np.ascontiguousarray(feats, dtype=np.float32))
-        out = engine.model.generate(
-            features, engine._prompts(features, len(batch), None, "transcribe"), beam_size=num_beams,
+        out = engine.generate_ids(
+            features, engine._prompts(features, len(batch), None, "transcribe"),
+            [int(t) for t in (getattr(gen, "suppress_tokens", None) or [])] + [eot], beam_size=num_beams,
             max_length=CT2_MAX_LENGTH_FACTOR * max_new_tokens,
-            suppress_blank=bool(getattr(gen, "begin_suppress_tokens", None)),
-            suppress_tokens=[int(t) for t in (getattr(gen, "suppress_tokens", None) or [])] + [eot], sampling_topk=1,
+            suppress_blank=bool(getattr(gen, "begin_suppress_tokens", None)), sampling_topk=1,
         )
-        for res in out:
-            ids = _strip_generated([int(t) for t in res.sequences_ids[0][:max_new_tokens]], eot, prompt)
+        for seq in out:
+            ids = _strip_generated(seq[:max_new_tokens], eot, prompt)
             results.append((ids, tok.decode(ids, skip_special_tokens=True).strip()))
     return results
 
@@ -342,13 +342,15 @@ def measure_speed(forms, audios: list[np.ndarray], cfg, reference: str = "teache
                                        for k, v in result["forms"][name].items()}
     # same runtime and precision: each student form against the teacher in that form (student_ct2_int8 vs
     # teacher_ct2_int8), the comparison a user who would run the teacher in that runtime cares about
-    # (a torch_vocab student, float32 in transformers with a pruned output layer, against the teacher as shipped)
+    # (a pruned-vocabulary student without a pruned twin: against the unpruned teacher form of its runtime and
+    # precision, i.e. student_ct2_int8_vocab vs teacher_ct2_int8 and student_torch_vocab vs the float32 teacher)
     result["speedup_same_runtime"] = {}
     kinds = {f.name: f.kind for f in forms}
     for name in names:
         twin = f"{reference}{name[len('student'):]}" if name.startswith("student") else None
-        if twin not in result["forms"] and name.startswith("student") and kinds[name] == "torch_vocab":
-            twin = reference if kinds[reference] == "transformers" else None
+        if twin not in result["forms"] and name.startswith("student") and kinds[name].endswith("_vocab"):
+            twin = (reference if kinds[name] == "torch_vocab" and kinds[reference] == "transformers"
+                    else twin[: -len("_vocab")])
         if twin in result["forms"]:
             result["speedup_same_runtime"][name] = {
                 "versus": twin, **{k: round(result["forms"][twin][k]["seconds"] / v["seconds"], 3)

@@ -17,6 +17,7 @@ plain ``WhisperForConditionalGeneration.from_pretrained`` still loads it (unprun
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,3 +82,103 @@ def read_vocab_file(path: Path) -> list[int] | None:
     if not isinstance(keep, list) or not keep:
         raise ValueError(f"{file} has no 'keep' list of token ids")
     return [int(i) for i in keep]
+
+
+class IdMap:
+    """Token ids between a tokenizer (full vocabulary) and a model whose vocabulary is the ``keep`` rows only."""
+
+    def __init__(self, keep: Iterable[int]):
+        self.keep = [int(i) for i in keep]
+        self.position = {tok: pos for pos, tok in enumerate(self.keep)}
+
+    def to_model(self, ids: Iterable[int]) -> list[int]:
+        """Full-vocabulary ids -> model ids; ids the model does not have are dropped."""
+        return [self.position[int(i)] for i in ids if int(i) in self.position]
+
+    def from_model(self, ids: Iterable[int]) -> list[int]:
+        return [self.keep[int(i)] for i in ids]
+
+
+def prune_whisper(model, keep: list[int]):
+    """A new transformers Whisper whose vocabulary is the ``keep`` rows (token embedding = output layer, tied).
+
+    Token ids in its config and generation config are renumbered; ids it does not keep are dropped from the
+    suppress lists. Decode its ids with :class:`IdMap` and the original tokenizer. English-only models only:
+    a multilingual Whisper's language tokens are found by vocabulary size in CTranslate2.
+    """
+    import copy
+
+    from transformers import WhisperForConditionalGeneration
+
+    if getattr(model.generation_config, "is_multilingual", False):
+        raise ValueError("vocabulary pruning supports English-only Whisper models (this one is multilingual)")
+    ids = IdMap(keep)
+    config = copy.deepcopy(model.config)
+    config.vocab_size = len(keep)
+    gen = copy.deepcopy(model.generation_config)
+    for holder in (config, gen):
+        for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "no_timestamps_token_id",
+                     "prev_sot_token_id"):
+            value = getattr(holder, attr, None)
+            if isinstance(value, int):
+                if value not in ids.position:
+                    raise ValueError(f"kept ids miss the special token {attr}={value}")
+                setattr(holder, attr, ids.position[value])
+        for attr in ("suppress_tokens", "begin_suppress_tokens"):
+            if getattr(holder, attr, None):
+                setattr(holder, attr, ids.to_model(getattr(holder, attr)))
+    if getattr(gen, "forced_decoder_ids", None):
+        gen.forced_decoder_ids = [[pos, ids.position[tok]] for pos, tok in gen.forced_decoder_ids]
+    pruned = WhisperForConditionalGeneration(config).eval()
+    state = model.state_dict()
+    keep_t = torch.as_tensor(keep, dtype=torch.long)
+    state["model.decoder.embed_tokens.weight"] = state["model.decoder.embed_tokens.weight"][keep_t].clone()
+    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
+    pruned.load_state_dict(state, strict=True)
+    pruned.tie_weights()
+    pruned.generation_config = gen
+    return pruned
+
+
+def export_ct2_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None, quantization: str | None) -> Path:
+    """A CTranslate2 export of ``model_dir`` with the vocabulary pruned to :func:`kept_token_ids` of ``texts``.
+
+    CTranslate2 converts a pruned copy (:func:`prune_whisper`) whose vocabulary lists the kept token strings, so
+    it finds ``<|startoftranscript|>``, ``<|notimestamps|>`` and the timestamps by name; the folder keeps the
+    original tokenizer and generation config and :data:`VOCAB_FILE`, and ``Ct2Whisper`` maps ids both ways.
+    """
+    import tempfile
+
+    from ctranslate2.converters import transformers as ct2_transformers
+
+    from components.ct2_runtime import SIDECAR_FILES, export_ct2
+    from components.whisper_io import load_whisper
+
+    if not texts:
+        raise ValueError("a pruned-vocabulary export needs the training label texts (the label stage's output)")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model, processor = load_whisper(model_dir)
+    vocab_size = int(model.config.vocab_size)
+    keep = kept_token_ids(processor.tokenizer, texts, vocab_size)
+    pruned = prune_whisper(model, keep)
+    tokens = processor.tokenizer.convert_ids_to_tokens(keep)
+    loader = ct2_transformers.WhisperLoader
+    original = loader.get_vocabulary
+    with tempfile.TemporaryDirectory(prefix="askd-pruned-") as tmp:
+        pruned.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        loader.get_vocabulary = lambda self, model, tokenizer: list(tokens)  # the kept rows' token strings
+        try:
+            export_ct2(tmp, out_dir, quantization=quantization)
+        finally:
+            loader.get_vocabulary = original
+    for name in SIDECAR_FILES:  # the runtime decodes with the full tokenizer and generation config
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out_dir / name)
+    write_vocab_file(out_dir, keep, vocab_size, f"{len(texts)} training label texts")
+    manifest_file = out_dir / "askd_ct2.json"
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    manifest.update(source=str(model_dir.resolve()), kept_tokens=len(keep), vocab_size=vocab_size,
+                    params=int(sum(p.numel() for p in pruned.parameters())))
+    manifest_file.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out_dir

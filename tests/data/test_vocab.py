@@ -90,3 +90,38 @@ def test_a_torch_vocab_student_is_compared_with_the_float32_teacher_as_the_same_
     assert same["student"]["versus"] == "teacher"
     assert same["student_torch_vocab"]["versus"] == "teacher"
     assert same["student_torch_vocab"]["natural_b1"] == speed["speedup"]["student_torch_vocab"]["natural_b1"]
+
+
+def test_ct2_pruned_vocabulary_decodes_like_the_full_ct2_model_with_the_pruned_tokens_suppressed(
+        tmp_path, tiny_whisper_dir):
+    pytest.importorskip("ctranslate2")
+    from components.ct2_runtime import export_ct2
+    from components.vocab import export_ct2_vocab
+
+    out = export_ct2_vocab(tiny_whisper_dir, tmp_path / "ct2_vocab", TEXTS, quantization=None)  # float32: exact
+    pruned = load_form(out, "student_ct2", fallback_dir=tiny_whisper_dir)
+    full = load_form(export_ct2(tiny_whisper_dir, tmp_path / "ct2_full"), "full", fallback_dir=tiny_whisper_dir)
+    keep = read_vocab_file(out)
+    assert pruned.kind == "ct2_float32_vocab" and pruned.info["kept_tokens"] == len(keep)
+    assert pruned.params < load_form(tiny_whisper_dir).params  # only the kept embedding rows
+    gen = full.engine.generation_config
+    gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | (set(range(pruned.info["vocab_size"])) - set(keep)))
+    rng = np.random.default_rng(3)
+    audios = [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE_HZ))).astype(np.float32) for s in (1.0, 1.5, 2.0)]
+    got = pruned.generate(audios, batch_size=3, max_new_tokens=10)
+    want = full.generate(audios, batch_size=3, max_new_tokens=10)
+    assert got == want and any(ids for ids, _ in got)
+    assert all(set(ids) <= set(keep) for ids, _ in got)
+
+
+def test_ct2_int8_vocab_export_is_compared_with_the_teacher_ct2_int8(tmp_path, tiny_whisper_dir):
+    pytest.importorskip("ctranslate2")
+    cfg = EvalSettings(exports=("ct2_int8_vocab",), teacher_exports=("ct2_int8",), exports_dir=tmp_path / "exports",
+                       max_new_tokens=4, speed_rounds=1, speed_batch_size=2, speed_isolation="none")
+    forms, status = build_forms(cfg, {"teacher": tiny_whisper_dir, "student": tiny_whisper_dir}, TEXTS)
+    assert status == {"teacher_ct2_int8": "ok", "student_ct2_int8_vocab": "ok"}
+    assert {f.name: f.kind for f in forms}["student_ct2_int8_vocab"] == "ct2_int8_vocab"
+    rng = np.random.default_rng(4)
+    audios = [(0.1 * rng.standard_normal(SAMPLE_RATE_HZ)).astype(np.float32) for _ in range(2)]
+    same = measure_speed(forms, audios, cfg)["speedup_same_runtime"]
+    assert same["student_ct2_int8_vocab"]["versus"] == "teacher_ct2_int8"

@@ -216,6 +216,6 @@ def test_speed_of_an_untrained_student_shape_with_a_pruned_output_layer(tmp_path
     for row in rows.values():
         expected = speed["forms"]["teacher"]["fixed_b1"]["seconds"] / speed["forms"][row["form"]]["fixed_b1"]["seconds"]
         assert row["fixed_b1"] == pytest.approx(expected, rel=0.01)
-    with pytest.raises(SystemExit, match="torch_vocab needs the label stage's output"):
+    with pytest.raises(SystemExit, match="pruned-vocabulary exports need the label stage's output"):
         speed_benchmark.main(["--teacher", str(teacher_dir), "--prepared", str(prepared), "--speed-set", "train",
                               "--student-exports", "torch_vocab", "--labels", str(tmp_path / "none")])
