@@ -106,6 +106,13 @@ def plot_wer_vs_speed(results: dict[str, Any], path: Path, measure: str = "natur
     return path
 
 
+_ISOLATION = {
+    "form": "Each form timed in its own worker process (one command at a time), as users run one model.",
+    "runtime": "One worker process per runtime (PyTorch forms together, CTranslate2 forms together).",
+    "none": "Every form timed in the evaluating process (CTranslate2 having run slows PyTorch there).",
+}
+
+
 def _speed_lines(speed: dict[str, Any]) -> list[str]:
     proto = speed["protocol"]
     bn = max(proto["batch_sizes"])
@@ -114,7 +121,8 @@ def _speed_lines(speed: dict[str, Any]) -> list[str]:
     lines = [f"Sample: {sample['clips']} clips of `{sample['set']}` ({sample['audio_s']} s of audio; the teacher "
              f"emits {sample['reference_tokens']} tokens), {proto['rounds']} interleaved rounds (rotating order), "
              f"min per form. `natural`: each form stops at its own end token; `fixed`: every form decodes exactly "
-             f"the teacher's token count (min_new_tokens = max_new_tokens). Batch sizes {proto['batch_sizes']}.", ""]
+             f"the teacher's token count (min_new_tokens = max_new_tokens). Batch sizes {proto['batch_sizes']}. "
+             + _ISOLATION.get(proto.get("isolation"), ""), ""]
     header = ["form", "latency b1 (s/clip)", f"latency b{bn} (s/clip)", "RTF b1", "tokens/s b1"]
     header += [f"speed-up {k}" for k in keys] + ["params (M)", "weights (MB)"]
     rows = []
@@ -195,7 +203,10 @@ def write_report(results: dict[str, Any], reports_dir: Path) -> list[Path]:
         lines += ["## Speed (CPU, interleaved in one run)", ""] + _speed_lines(results["speed"])
     lines += ["## Exports", ""]
     for key, status in (results.get("exports") or {}).items():
-        lines.append(f"* `{key}`: {status}")
+        info = forms.get(key, {})
+        kept = (f" (output layer over {info['kept_tokens']:,} of {info['vocab_size']:,} tokens: those of the "
+                "training labels, single bytes and special tokens)") if info.get("kept_tokens") else ""
+        lines.append(f"* `{key}`: {status}{kept}")
     if not results.get("exports"):
         lines.append("* none requested (`evaluate.exports`)")
     lines += ["", "## Plots", "", f"![WER per set]({WER_PLOT})", "", f"![WER vs speed]({SCATTER_PLOT})", ""]

@@ -269,8 +269,7 @@ class EvalSettings(_Section):
     repetition_threshold: float = Field(0.3, gt=0, le=1, description="hallucination proxy: repeated 3-gram share")
     max_tokens_per_s: float = Field(12.0, gt=0, description="hallucination proxy: implausible token rate")
     exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab", "ct2_int8_vocab"], ...] = Field(
-        ("torch_int8", "ct2_int8", "torch_vocab", "ct2_int8_vocab"),
-        description="exports evaluated like the models (each of export_models)"
+        ("torch_int8", "ct2_int8"), description="exports evaluated like the models (each of export_models)"
     )
     export_models: tuple[Literal["teacher", "student"], ...] = ("student",)
     teacher_exports: tuple[Literal["torch_int8", "ct2_float32", "ct2_int8", "torch_vocab", "ct2_int8_vocab"], ...] = Field(
