@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--protocols", default=None, help="comma list of natural,fixed (default: evaluate's)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: evaluate.max_new_tokens")
     parser.add_argument("--student-exports", default="ct2_int8",
-                        help="comma list of torch_int8,ct2_float32,ct2_int8,torch_vocab")
+                        help="comma list of torch_int8,ct2_float32,ct2_int8,torch_vocab,ct2_int8_vocab")
     parser.add_argument("--teacher-exports", default="ct2_int8", help="comma list (the same-runtime peers)")
-    parser.add_argument("--labels", default=None, help="label stage output for torch_vocab (default: label.out_dir)")
+    parser.add_argument("--labels", default=None, help="label stage output for the *_vocab exports (default: label.out_dir)")
     parser.add_argument("--isolation", default=None, choices=("form", "runtime", "none"),
                         help="default: evaluate.speed_isolation")
     parser.add_argument("--init-student", action="append", default=None, metavar="KEY=VALUE",

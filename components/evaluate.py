@@ -288,7 +288,8 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
                  labels_dir: Path | None = None) -> dict[str, Any]:
     """The DVC stage: evaluate, measure speed, write metrics/eval.json, the report and the plots.
 
-    ``labels_dir`` (the label stage's output) gives a ``torch_vocab`` export the tokens it keeps.
+    ``labels_dir`` (the label stage's output) gives the pruned-vocabulary exports (``torch_vocab``,
+    ``ct2_int8_vocab``) the tokens they keep.
     """
     from components.artifacts import write_metrics
     from components.report import write_predictions, write_report

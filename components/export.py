@@ -64,13 +64,10 @@ def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
 
 def export_torch_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None) -> Path:
     """Write ``out_dir``: a copy of the transformers folder ``model_dir`` + the kept token ids of ``texts``."""
-    from components.vocab import kept_token_ids, write_vocab_file
+    from components.vocab import load_with_kept_ids, write_vocab_file
 
-    if not texts:
-        raise ValueError("torch_vocab needs the training label texts (the label stage's output) to pick its tokens")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model, processor = load_whisper(model_dir)
-    keep = kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
+    model, _, keep = load_with_kept_ids(model_dir, texts, "torch_vocab")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(model_dir, out_dir)

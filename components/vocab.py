@@ -60,6 +60,16 @@ def kept_token_ids(tokenizer, texts: Iterable[str], vocab_size: int) -> list[int
     return sorted(i for i in keep if 0 <= i < vocab_size)
 
 
+def load_with_kept_ids(model_dir: Path, texts: list[str] | None, kind: str):
+    """``(model, processor, keep)`` of a transformers folder, ``keep`` = :func:`kept_token_ids` of ``texts``."""
+    from components.whisper_io import load_whisper
+
+    if not texts:
+        raise ValueError(f"{kind} needs the training label texts (the label stage's output) to pick its tokens")
+    model, processor = load_whisper(model_dir)
+    return model, processor, kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
+
+
 def apply_pruned_head(model, keep: Iterable[int]):
     """Replace ``model.proj_out`` by a :class:`PrunedHead` over ``keep`` (in place; returns the model)."""
     model.proj_out = PrunedHead(model.proj_out.weight, keep).to(model.proj_out.weight.device)
@@ -151,15 +161,11 @@ def export_ct2_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None, qu
 
     from ctranslate2.converters import transformers as ct2_transformers
 
-    from components.ct2_runtime import SIDECAR_FILES, export_ct2
-    from components.whisper_io import load_whisper
+    from components.ct2_runtime import MANIFEST_FILE, SIDECAR_FILES, export_ct2
 
-    if not texts:
-        raise ValueError("a pruned-vocabulary export needs the training label texts (the label stage's output)")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model, processor = load_whisper(model_dir)
+    model, processor, keep = load_with_kept_ids(model_dir, texts, f"ct2_{quantization or 'float32'}_vocab")
     vocab_size = int(model.config.vocab_size)
-    keep = kept_token_ids(processor.tokenizer, texts, vocab_size)
     pruned = prune_whisper(model, keep)
     tokens = processor.tokenizer.convert_ids_to_tokens(keep)
     loader = ct2_transformers.WhisperLoader
@@ -176,7 +182,7 @@ def export_ct2_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None, qu
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out_dir / name)
     write_vocab_file(out_dir, keep, vocab_size, f"{len(texts)} training label texts")
-    manifest_file = out_dir / "askd_ct2.json"
+    manifest_file = out_dir / MANIFEST_FILE
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     manifest.update(source=str(model_dir.resolve()), kept_tokens=len(keep), vocab_size=vocab_size,
                     params=int(sum(p.numel() for p in pruned.parameters())))
