@@ -26,7 +26,8 @@ Headline comparisons (teacher seconds / student seconds, same run):
 * same runtime, transformers fp32: ``student`` vs ``teacher``;
 * same runtime, transformers fp32 with the output layer pruned to the training labels' tokens:
   ``student_torch_vocab`` vs ``teacher`` (and vs ``teacher_torch_vocab`` when the teacher is pruned too);
-* same runtime, CTranslate2 int8: ``student_ct2_int8`` vs ``teacher_ct2_int8``;
+* same runtime, CTranslate2 float32 / int8: ``student_ct2_float32`` vs ``teacher_ct2_float32`` (when both are
+  exported) and ``student_ct2_int8`` vs ``teacher_ct2_int8``;
 * as shipped vs as users run the teacher: ``student_ct2_int8`` vs ``teacher`` (transformers fp32).
 
     python benchmarks/speed.py [--clips 8] [--rounds 2] [--batch-size 8] [--protocols natural,fixed]
@@ -48,6 +49,7 @@ COMPARISONS = (  # (label, form, versus)
     ("same runtime: transformers fp32", "student", "teacher"),
     ("same runtime: transformers fp32, student output layer pruned", "student_torch_vocab", "teacher"),
     ("same runtime: transformers fp32, both output layers pruned", "student_torch_vocab", "teacher_torch_vocab"),
+    ("same runtime: CTranslate2 float32", "student_ct2_float32", "teacher_ct2_float32"),
     ("same runtime: CTranslate2 int8", "student_ct2_int8", "teacher_ct2_int8"),
     ("same runtime: CTranslate2 int8, student vocabulary pruned", "student_ct2_int8_vocab", "teacher_ct2_int8"),
     ("shipped-candidate student CT2 int8 pruned vs teacher transformers fp32", "student_ct2_int8_vocab", "teacher"),

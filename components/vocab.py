@@ -48,9 +48,15 @@ class PrunedHead(nn.Module):
         return logits.index_copy_(-1, self.keep, scores)
 
 
-def kept_token_ids(tokenizer, texts: Iterable[str], vocab_size: int) -> list[int]:
-    """Token ids of ``texts`` (as Whisper decodes them: a leading space) + single bytes + every special token."""
-    keep = set(range(BYTE_TOKENS))
+def kept_token_ids(tokenizer, texts: Iterable[str], vocab_size: int, top_ranks: int = 0) -> list[int]:
+    """Token ids of ``texts`` (as Whisper decodes them: a leading space) + single bytes + every special token.
+
+    ``top_ranks`` > 0 also keeps every id below it: byte-level BPE numbers its tokens in merge order, so the low
+    ids are the most frequent pieces of the tokenizer's own training text, whatever words the labels hold.
+    """
+    if top_ranks < 0:
+        raise ValueError(f"top_ranks must be >= 0, got {top_ranks}")
+    keep = set(range(max(BYTE_TOKENS, top_ranks)))
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     keep |= set(range(eot, vocab_size))  # <|endoftext|>, <|startoftranscript|>, ..., the timestamp tokens
     for text in texts:

@@ -219,3 +219,30 @@ def test_speed_of_an_untrained_student_shape_with_a_pruned_output_layer(tmp_path
     with pytest.raises(SystemExit, match="pruned-vocabulary exports need the label stage's output"):
         speed_benchmark.main(["--teacher", str(teacher_dir), "--prepared", str(prepared), "--speed-set", "train",
                               "--student-exports", "torch_vocab", "--labels", str(tmp_path / "none")])
+
+
+def test_vocab_kept_set_re_decodes_only_the_clips_that_use_a_pruned_token(tmp_path, teacher_dir, speech_clips):
+    """vocab_kept_set.py: WER per kept set; a clip whose full output uses only kept tokens decodes the same."""
+    from datasets import Dataset, DatasetDict
+
+    from benchmarks import vocab_kept_set
+    from tests.conftest import make_prepared_dataset
+
+    prepared = make_prepared_dataset(tmp_path / "data", speech_clips)
+    labels = tmp_path / "labelled"
+    DatasetDict({"train": Dataset.from_dict({"teacher_text": [speech_clips[0].text]})}).save_to_disk(labels)
+    result = vocab_kept_set.main([
+        "--model", str(teacher_dir), "--prepared", str(prepared), "--labels", str(labels), "--sets", "train",
+        "--top", "0,256", "--results-dir", str(tmp_path / "results")])
+    rows = {row["kept_set"]: row for row in result["rows"]}
+    assert set(rows) == {"texts", "texts+top256", "top256"}
+    assert rows["texts"]["kept_tokens"] == rows["texts+top256"]["kept_tokens"] > rows["top256"]["kept_tokens"]
+    for row in rows.values():
+        stats = row["sets"]["train"]
+        assert stats["unaffected_clips_changed"] == 0
+        if stats["clips_with_pruned_tokens"] == 0:
+            assert stats["wer_pruned"] == stats["wer_full"]
+    bytes_only = rows["top256"]["sets"]["train"]
+    assert bytes_only["clips_with_pruned_tokens"] == bytes_only["clips"]  # every transcript uses merged tokens
+    assert bytes_only["unaffected_clips_checked"] == 0
+    assert (tmp_path / "results" / "vocab_kept_set.json").is_file()
