@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
             for s in sets:
                 outs = full[s.name]
                 hit = [i for i, o in enumerate(outs) if any(int(t) not in kept for t in o[0])]
-                clean = [i for i in range(len(outs)) if i not in set(hit)][:SAME_OUTPUT_CHECK_CLIPS]
+                hit_set = set(hit)
+                clean = [i for i in range(len(outs)) if i not in hit_set][:SAME_OUTPUT_CHECK_CLIPS]
                 redo = decode(form, [s.audios[i] for i in hit + clean], cfg) if hit or clean else []
                 changed_clean = sum(redo[len(hit) + k][1] != outs[i][1] for k, i in enumerate(clean))
                 hyps = [o[1] for o in outs]

@@ -225,7 +225,8 @@ def _eval_cmd(root: Path, teacher: Path, student: Path, prepared: Path) -> list[
     sets = {"teacher.out_dir": teacher, "train.out_dir": student, "prepare.out_dir": prepared,
             "evaluate.max_new_tokens": 8, "evaluate.batch_size": 4, "evaluate.speed_clips": 2,
             "evaluate.speed_rounds": 1, "evaluate.speed_batch_size": 2, "evaluate.exports_dir": root / "exports",
-            "evaluate.reports_dir": root / "reports"}
+            "evaluate.reports_dir": root / "reports",
+            "evaluate.speed_isolation": "runtime"}  # still spawned timing workers, 2 instead of 4
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     return [sys.executable, "-m", "components", "--params", str(root / "params.yaml"),
             *[arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")], "stage", "evaluate"]

@@ -23,7 +23,7 @@ TINY = {
     "train": {"optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "lr": 0.0003},
               "eval_every_steps": 2, "eval_max_clips": 2, "save_every_steps": 2, "early_stopping_patience": None},
     "evaluate": {"max_new_tokens": 48, "exports": ["torch_int8"], "speed_clips": 1, "speed_rounds": 1,
-                 "speed_protocols": ["natural"]},
+                 "speed_protocols": ["natural"], "speed_isolation": "runtime"},  # 2 timing workers, not 4
 }
 STAGES = ["teacher", "synth", "prepare", "label", "train", "evaluate", "gate", "register"]
 PASSING_GATE = ["gate.min_speedup=0.001", "gate.max_hallucination_rate=100", "gate.max_wer_delta_points.test=1000",
