@@ -33,13 +33,10 @@ SAME_OUTPUT_CHECK_CLIPS = 4  # unaffected clips re-decoded per kept set to check
 
 def training_texts(args, settings) -> tuple[list[str], str]:
     if args.texts_profile:
-        from components.sentences import assign_splits, load_sentences
         from components.settings import load_settings
-        from components.synth import pool_sizes
+        from components.synth import sentence_pools
 
-        cfg = load_settings(args.params, overrides=[f"profile={args.texts_profile}"]).synth
-        pools = assign_splits(load_sentences(cfg.sentence_source, cfg.min_words, cfg.max_words), pool_sizes(cfg),
-                              cfg.seed)
+        pools = sentence_pools(load_settings(args.params, overrides=[f"profile={args.texts_profile}"]).synth)
         return list(pools["train"]), f"profile {args.texts_profile}: {len(pools['train'])} training-pool sentences"
     from components.evaluate import training_label_texts
 
@@ -105,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     full = {s.name: decode(form, s.audios, cfg) for s in tqdm(sets, desc="full-vocabulary decode", unit="set")}
     full_seconds = time.perf_counter() - started
+    full_wer = {s.name: wer(s.references, [o[1] for o in full[s.name]]) for s in sets}
     head = form.model.proj_out
     rows = []
     try:
@@ -122,11 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
                 hyps = [o[1] for o in outs]
                 for k, i in enumerate(hit):
                     hyps[i] = redo[k][1]
-                base_wer = wer(s.references, [o[1] for o in outs])
+                pruned_wer = wer(s.references, hyps)
                 row["sets"][s.name] = {
                     "clips": len(outs), "clips_with_pruned_tokens": len(hit),
-                    "wer_full": round(base_wer, 2), "wer_pruned": round(wer(s.references, hyps), 2),
-                    "wer_delta_points": round(wer(s.references, hyps) - base_wer, 2),
+                    "wer_full": round(full_wer[s.name], 2), "wer_pruned": round(pruned_wer, 2),
+                    "wer_delta_points": round(pruned_wer - full_wer[s.name], 2),
                     "unaffected_clips_checked": len(clean), "unaffected_clips_changed": changed_clean,
                 }
             rows.append(row)

@@ -110,6 +110,21 @@ def pool_sizes(cfg: SynthSettings) -> dict[str, int]:
     return {name: sizes[name] for name in POOL_ORDER}
 
 
+def sentence_pools(cfg: SynthSettings, sentences: list[str] | None = None) -> dict[str, list[str]]:
+    """The text-disjoint sentence pool of each split, exactly as :func:`synthesize` draws them (no audio made).
+
+    ``sentences``: the usable sentences of ``cfg.sentence_source`` when the caller has loaded them already."""
+    if sentences is None:
+        sentences = load_sentences(cfg.sentence_source, cfg.min_words, cfg.max_words)
+    try:
+        return assign_splits(sentences, pool_sizes(cfg), cfg.seed)
+    except NotEnoughSentencesError as err:
+        raise NotEnoughSentencesError(
+            f"{err} (source {cfg.sentence_source}, {cfg.min_words}-{cfg.max_words} words; "
+            f"each long-form clip reserves {longform_sentences_per_clip(cfg)})"
+        ) from None
+
+
 def plan_clips(cfg: SynthSettings, pools: dict[str, list[str]]) -> list[ChunkJob]:
     """Turn sentence pools into seeded clip plans grouped into :data:`CHUNK_CLIPS`-sized chunks."""
     jobs: list[ChunkJob] = []
@@ -343,13 +358,7 @@ def synthesize(cfg: SynthSettings) -> dict[str, Any]:
 
     started = time.perf_counter()
     sentences = load_sentences(cfg.sentence_source, cfg.min_words, cfg.max_words)
-    try:
-        pools = assign_splits(sentences, pool_sizes(cfg), cfg.seed)
-    except NotEnoughSentencesError as err:
-        raise NotEnoughSentencesError(
-            f"{err} (source {cfg.sentence_source}, {cfg.min_words}-{cfg.max_words} words; "
-            f"each long-form clip reserves {longform_sentences_per_clip(cfg)})"
-        ) from None
+    pools = sentence_pools(cfg, sentences)
     jobs = plan_clips(cfg, pools)
     if cfg.n_test_ood:
         _check_espeak(tuple(dict.fromkeys(cfg.espeak_voices)))

@@ -228,14 +228,22 @@ def test_vocab_kept_set_re_decodes_only_the_clips_that_use_a_pruned_token(tmp_pa
     from benchmarks import vocab_kept_set
     from tests.conftest import make_prepared_dataset
 
+    from components.evaluate import load_prepared_sets
+    from components.export import load_form
+
     prepared = make_prepared_dataset(tmp_path / "data", speech_clips)
     labels = tmp_path / "labelled"
     DatasetDict({"train": Dataset.from_dict({"teacher_text": [speech_clips[0].text]})}).save_to_disk(labels)
+    # a cut-off above every id the teacher emits for one train clip: that clip is unaffected, so the
+    # same-output check really re-decodes it (a text's tokens alone may miss non-canonical pieces: " st"+"ump")
+    train = load_prepared_sets(prepared, ["train"])[0][0]
+    cover = max(load_form(teacher_dir).decode(train.audios[:1])[0][0]) + 1
     result = vocab_kept_set.main([
         "--model", str(teacher_dir), "--prepared", str(prepared), "--labels", str(labels), "--sets", "train",
-        "--top", "0,256", "--results-dir", str(tmp_path / "results")])
+        "--top", f"0,256,{cover}", "--results-dir", str(tmp_path / "results")])
     rows = {row["kept_set"]: row for row in result["rows"]}
-    assert set(rows) == {"texts", "texts+top256", "top256"}
+    assert set(rows) == {"texts", "texts+top256", "top256", f"texts+top{cover}", f"top{cover}"}
+    assert rows[f"top{cover}"]["sets"]["train"]["unaffected_clips_checked"] > 0
     assert rows["texts"]["kept_tokens"] == rows["texts+top256"]["kept_tokens"] > rows["top256"]["kept_tokens"]
     for row in rows.values():
         stats = row["sets"]["train"]

@@ -14,11 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
 from datasets import Dataset, DatasetDict  # noqa: E402
 
-from components.sentences import assign_splits, load_sentences  # noqa: E402
 from components.settings import load_settings  # noqa: E402
-from components.synth import pool_sizes  # noqa: E402
+from components.synth import sentence_pools  # noqa: E402
 
 cfg = load_settings(Path(__file__).resolve().parents[4] / "params.yaml", overrides=["profile=full"]).synth
-pools = assign_splits(load_sentences(cfg.sentence_source, cfg.min_words, cfg.max_words), pool_sizes(cfg), cfg.seed)
+pools = sentence_pools(cfg)
 DatasetDict({"train": Dataset.from_dict({"teacher_text": pools["train"]})}).save_to_disk(sys.argv[1])
 print(f"{len(pools['train'])} sentences -> {sys.argv[1]}")
