@@ -125,7 +125,9 @@ def test_register_killed_at_random_points_then_rerun_gives_one_complete_version(
     cmd = [sys.executable, "-m", "components", "--params", str(project.root / "params.yaml"), "--set",
            "registry.multipart_threshold_mb=5", "--set", "registry.multipart_chunk_mb=5", "--set",
            "registry.transfer_workers=2", "register"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    scratch = tmp_path / "tmp"  # a SIGKILLed run cannot remove its staging folder: keep it out of the system /tmp
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch)}
     reg = project.settings().registry
     store = RegistryStore(reg)
 
