@@ -339,12 +339,15 @@ def evaluate_manifest(cfg, manifest: Path, model_paths: list[Path], out: Path) -
     eval_set = load_manifest(manifest)
     forms = [load_form(p, p.name if list(model_paths).count(p) == 1 else f"{p.name}_{i}")
              for i, p in enumerate(model_paths)]
+    from tqdm import tqdm
+
     result: dict[str, Any] = {"manifest": str(manifest), "forms": {}}
-    for form in forms:
-        per_set, rows = evaluate_form(form, [eval_set], cfg)
-        result["forms"][form.name] = {**form_summary(form), "metrics": per_set[eval_set.name],
-                                      "predictions": [{k: r[k] for k in ("id", "reference", "hypothesis")}
-                                                      for r in rows]}
+    with tqdm(total=len(forms), desc="evaluate", unit="model", dynamic_ncols=True) as bar:
+        for form in forms:
+            per_set, rows = evaluate_form(form, [eval_set], cfg, progress=bar)
+            result["forms"][form.name] = {**form_summary(form), "metrics": per_set[eval_set.name],
+                                          "predictions": [{k: r[k] for k in ("id", "reference", "hypothesis")}
+                                                          for r in rows]}
     result["protocol"] = protocol(cfg, forms)
     write_json_atomic(out, result)
     return {name: f["metrics"] for name, f in result["forms"].items()}

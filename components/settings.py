@@ -2,7 +2,8 @@
 
 Precedence (highest first): ``--set key=value`` overrides, ``ASKD_`` environment variables
 (nested with ``__``, e.g. ``ASKD_PREPARE__MAX_DURATION_S=20``), the selected profile's overrides
-(``profiles.<profile>``), then the sections of ``params.yaml``.
+(``profiles.<profile>``), then the sections of ``params.yaml``. ``--set profiles.<profile>.<key>=value`` edits
+the profile itself before it is applied.
 
 Only ``params.yaml`` is visible to DVC: values set through the environment or ``--set`` change a run
 but not ``dvc.lock``. Use ``dvc exp run -S key=value`` for tracked experiments.
@@ -195,6 +196,9 @@ def load_settings(
     cli = parse_overrides(overrides)
     profile = cli.get("profile") or os.environ.get(f"{ENV_PREFIX}PROFILE") or params.get("profile", "quick")
     profiles = params.get("profiles") or {}
+    if isinstance(profiles, dict) and isinstance(cli.get("profiles"), dict):  # `--set profiles.full.x=1` edits the
+        profiles = deep_merge(profiles, cli.pop("profiles"))                  # profile before it is applied
+        params = {**params, "profiles": profiles}
     if isinstance(profiles, dict) and profiles:
         _check_profiles(profiles)
         if profile not in profiles:

@@ -64,6 +64,16 @@ def test_profile_overrides_sections(params_file):
     assert load_settings(params_file, ["profile=full"]).synth.n_train == 99
 
 
+def test_set_edits_a_profile_before_it_is_applied(params_file):
+    """`--set profiles.full.synth.seed=5` reaches the settings when `full` is selected (it was ignored once)."""
+    s = load_settings(params_file, ["profile=full", "profiles.full.synth.seed=5", "profiles.quick.synth.seed=6"])
+    assert (s.synth.n_train, s.synth.seed) == (99, 5)  # the profile's own values stay
+    assert s.profiles["full"]["synth"] == {"n_train": 99, "seed": 5}
+    assert load_settings(params_file, ["profiles.full.synth.seed=5"]).synth.seed == 1  # quick is selected
+    with pytest.raises(SettingsError, match="unknown setting 'profiles.full.synht'"):
+        load_settings(params_file, ["profiles.full.synht.seed=5"])
+
+
 def test_precedence_env_over_file_and_cli_over_env(params_file, monkeypatch):
     monkeypatch.setenv("ASKD_SYNTH__N_TRAIN", "42")
     assert load_settings(params_file).synth.n_train == 42
