@@ -120,10 +120,13 @@ def _check_quantization(quantization: str | None) -> None:
         raise ValueError(f"quantization {quantization!r} not supported here (use None or one of {COMPUTE_TYPES})")
 
 
-def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None) -> Path:
+def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None,
+               vocabulary: list[str] | None = None) -> Path:
     """Convert a local transformers Whisper folder into a CTranslate2 folder ``out_dir`` (replaced if present).
 
     ``quantization`` None keeps the weights' float32 (exact); ``int8`` / ``int8_float32`` store int8 weights.
+    ``vocabulary`` (one token string per embedding row) replaces the tokenizer's list in the converted spec, for a
+    model whose vocabulary was pruned (:func:`components.vocab.export_ct2_vocab`); None keeps the tokenizer's.
     The processor files and ``generation_config.json`` are copied, plus a manifest (``askd_ct2.json``).
     Shortened-window models (``max_source_positions < 1500``) are supported: CTranslate2 takes the window from
     the position-embedding table, and the copied feature extractor pads to that window.
@@ -141,7 +144,18 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
         raise ValueError(f"{model_dir} has no processor / tokenizer files: save the WhisperProcessor too")
     # A local folder: AutoConfig / AutoTokenizer / from_pretrained read files only. low_cpu_mem_usage stays off
     # (transformers 5 loads lazily anyway); dtype comes from config.json (float32 for our folders).
-    converter = TransformersConverter(str(model_dir))
+    if vocabulary is None:
+        converter = TransformersConverter(str(model_dir))
+    else:
+        tokens = list(vocabulary)
+
+        class _KeptVocabularyConverter(TransformersConverter):  # per call: no global patch, thread-safe
+            def _load(self):
+                spec = super()._load()
+                spec.register_vocabulary(tokens)
+                return spec
+
+        converter = _KeptVocabularyConverter(str(model_dir))
     converter.convert(str(out_dir), quantization=quantization, force=True)
     copied = []
     for name in SIDECAR_FILES:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from components.label_filter import repeated_ngram_fraction
 from components.export import build_forms, load_form
@@ -304,8 +305,6 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
                                        training_label_texts(labels_dir) if wants_vocab else None)
     results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status}
     rows: list[dict[str, Any]] = []
-    from tqdm import tqdm
-
     with tqdm(total=len(forms) * len(sets), desc="evaluate", unit="set", dynamic_ncols=True) as bar:
         for form in forms:
             per_set, form_rows = evaluate_form(form, sets, cfg, bar)
@@ -339,8 +338,6 @@ def evaluate_manifest(cfg, manifest: Path, model_paths: list[Path], out: Path) -
     eval_set = load_manifest(manifest)
     forms = [load_form(p, p.name if list(model_paths).count(p) == 1 else f"{p.name}_{i}")
              for i, p in enumerate(model_paths)]
-    from tqdm import tqdm
-
     result: dict[str, Any] = {"manifest": str(manifest), "forms": {}}
     with tqdm(total=len(forms), desc="evaluate", unit="model", dynamic_ncols=True) as bar:
         for form in forms:

@@ -165,25 +165,17 @@ def export_ct2_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None, qu
     """
     import tempfile
 
-    from ctranslate2.converters import transformers as ct2_transformers
-
     from components.ct2_runtime import MANIFEST_FILE, SIDECAR_FILES, export_ct2
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, processor, keep = load_with_kept_ids(model_dir, texts, f"ct2_{quantization or 'float32'}_vocab")
     vocab_size = int(model.config.vocab_size)
     pruned = prune_whisper(model, keep)
-    tokens = processor.tokenizer.convert_ids_to_tokens(keep)
-    loader = ct2_transformers.WhisperLoader
-    original = loader.get_vocabulary
+    tokens = processor.tokenizer.convert_ids_to_tokens(keep)  # the kept rows' token strings
     with tempfile.TemporaryDirectory(prefix="askd-pruned-") as tmp:
         pruned.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        loader.get_vocabulary = lambda self, model, tokenizer: list(tokens)  # the kept rows' token strings
-        try:
-            export_ct2(tmp, out_dir, quantization=quantization)
-        finally:
-            loader.get_vocabulary = original
+        export_ct2(tmp, out_dir, quantization=quantization, vocabulary=tokens)
     for name in SIDECAR_FILES:  # the runtime decodes with the full tokenizer and generation config
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out_dir / name)
