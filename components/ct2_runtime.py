@@ -149,7 +149,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
     else:
         tokens = list(vocabulary)
 
-        class _KeptVocabularyConverter(TransformersConverter):  # per call: no global patch, thread-safe
+        class _KeptVocabularyConverter(TransformersConverter):  # per call: no patch of the loader for the process
             def _load(self):
                 spec = super()._load()
                 spec.register_vocabulary(tokens)
