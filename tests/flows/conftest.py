@@ -131,6 +131,29 @@ def write_flaky_register(root: Path) -> None:
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
+# The real `register` stage made flaky: its command first runs this, which fails on the first attempt (as an S3
+# outage would) and refuses to let register run on a blocked gate; the second attempt goes on to `askd stage register`.
+FAIL_ONCE = '''\
+import json, pathlib, sys
+attempts = pathlib.Path("register_attempts.txt")
+n = int(attempts.read_text()) + 1 if attempts.exists() else 1
+attempts.write_text(str(n))
+assert json.loads(pathlib.Path("metrics/gate.json").read_text())["passed"], "register ran on a blocked gate"
+if n == 1:
+    sys.exit("simulated S3 outage: could not upload the model (attempt 1)")
+'''
+
+
+def make_register_fail_once(root: Path) -> None:
+    """Prefix the real `register` stage's command in ``root/dvc.yaml`` with a first-attempt failure."""
+    (root / "fail_once.py").write_text(FAIL_ONCE)
+    (root / ".gitignore").open("a").write("register_attempts.txt\n")
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    stage = pipeline["stages"]["register"]
+    stage["cmd"] = f"python fail_once.py && {stage['cmd']}"
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
 @pytest.fixture
 def toy_project(tmp_path) -> Path:
     """A git + DVC project with the real params.yaml and a cheap DAG: ``b`` (listed first) depends on ``a``,

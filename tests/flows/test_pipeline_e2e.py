@@ -1,8 +1,10 @@
-"""The whole chain through distill_pipeline (real tiny.en teacher, tiny synthetic corpus, real Prefect server).
+"""The whole chain through distill_pipeline (real tiny.en teacher, tiny synthetic corpus, real Prefect server,
+real git + DVC repository, real moto S3 registry).
 
 One run covers: DVC stage order, label fan-out over 2 processes merged by the stage, artifacts in the UI, a blocked
-gate stopping the flow before register, then a passing gate with a flaky register that the flow retries, and a
-workspace that `dvc repro` finds up to date afterwards.
+gate stopping the flow before register, then a passing gate with a flaky register that the flow retries until the
+version is in the bucket (lineage, checksums), a workspace that `dvc repro` finds up to date afterwards, and a
+label-only parameter change that plain `dvc repro` reruns from label on, nothing upstream.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import copy_pipeline_project
-from tests.flows.conftest import artifacts_of, dvc, git_dvc_init, task_runs, write_flaky_register
+from tests.flows.conftest import artifacts_of, dvc, git_dvc_init, make_register_fail_once, task_runs
 
 TINY = {
     "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
@@ -24,6 +26,7 @@ TINY = {
               "eval_every_steps": 2, "eval_max_clips": 2, "save_every_steps": 2, "early_stopping_patience": None},
     "evaluate": {"max_new_tokens": 48, "exports": ["torch_int8"], "speed_clips": 1, "speed_rounds": 1,
                  "speed_protocols": ["natural"], "speed_isolation": "runtime"},  # 2 timing workers, not 4
+    "registry": {"enabled": True, "max_attempts": 3},
 }
 STAGES = ["teacher", "synth", "prepare", "label", "train", "evaluate", "gate", "register"]
 PASSING_GATE = ["gate.min_speedup=0.001", "gate.max_hallucination_rate=100", "gate.max_wer_delta_points.test=1000",
@@ -31,9 +34,12 @@ PASSING_GATE = ["gate.min_speedup=0.001", "gate.max_hallucination_rate=100", "ga
 
 
 @pytest.fixture
-def pipeline_project(tmp_path) -> Path:
-    root = copy_pipeline_project(tmp_path / "project", TINY)
-    write_flaky_register(root)
+def pipeline_project(tmp_path, s3_bucket) -> Path:
+    """The project's pipeline in a fresh git + DVC repo; the registry is a fresh bucket on the moto server
+    (AWS_ENDPOINT_URL is in the environment) and `register` fails on its first attempt."""
+    tiny = {**TINY, "registry": {**TINY["registry"], "bucket": s3_bucket}}
+    root = copy_pipeline_project(tmp_path / "project", tiny)
+    make_register_fail_once(root)
     git_dvc_init(root)
     return root
 
@@ -73,6 +79,11 @@ def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
             "askd-eval-plots", "askd-gate"} <= set(found), sorted(found)
     prepare_rows = {r["split"]: r for r in _table(found["askd-prepare-counts"])}
     assert prepare_rows["train"]["clips"] == 4 and prepare_rows["test_longform"]["clips"] == 1
+    prepare = json.loads((root / "metrics" / "prepare.json").read_text())
+    assert prepare["split_sizes"] == {"train": 4, "validation": 2, "test": 2, "test_ood": 2, "test_longform": 1}
+    assert (root / "models" / "teacher" / "config.json").is_file()
+    assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4
+    assert (root / "reports" / "evaluation.md").is_file()
     label_rows = {r["split"]: r for r in _table(found["askd-label-counts"])}
     assert label_rows["train"]["labelled"] == 4 and "dropped_wer" in label_rows["train"]
     wer_rows = _table(found["askd-eval-wer"])
@@ -91,6 +102,15 @@ def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
     runs = {t.name: t for t in task_runs(state.state_details.flow_run_id)}
     assert runs["register"].run_count == 2 and runs["register"].state.is_completed()
     assert "registry/whisper-askd-student/versions/1" in artifacts_of(state.state_details.flow_run_id)["askd-register"].data
+    registered = json.loads((root / "metrics" / "register.json").read_text())
+    assert registered["registered"] is True and registered["version"] == 1, registered
+    from components.registry_ops import show, verify
+    from components.settings import load_settings
+
+    reg = load_settings(root / "params.yaml").registry
+    manifest = show(reg, 1)
+    assert manifest["lineage"]["git"]["commit"] and set(manifest["lineage"]["dvc"]["stages"]) >= {"train", "gate"}
+    assert verify(reg, 1)["ok"]
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["gate"]["params"]["params.yaml"]["gate"]["min_speedup"] == 0.001
     assert set(lock) == set(STAGES)
@@ -98,4 +118,14 @@ def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
     # the flow leaves nothing for DVC to do
     assert dvc("status", "--json", cwd=root).stdout.strip() == "{}"
     again = dvc("repro", cwd=root)
-    assert "Running stage" not in again.stdout
+    assert "Running stage" not in again.stdout and "up to date" in again.stdout
+
+    # a label-only parameter change: plain `dvc repro` reruns label and nothing upstream
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["label"]["wer_threshold_percent"] = 50.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = dvc("repro", cwd=root)
+    assert "Running stage 'label'" in third.stdout
+    assert not any(f"Running stage '{s}'" in third.stdout for s in ("teacher", "synth", "prepare"))
+    if "Running stage 'train'" not in third.stdout:  # labels unchanged (threshold 100 -> 50 kept the same clips)
+        assert "Running stage 'evaluate'" not in third.stdout
