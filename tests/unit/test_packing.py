@@ -25,6 +25,39 @@ def test_packing_plan_is_a_pure_function_of_the_seed():
     assert a != plan_packs(durations, 9.8, 0.3, 10, 3, seed=2)
 
 
+def _first_fit_every_clip(durations, window_s, gap_s, n_packs, max_clips, seed):
+    """The plan without the early stop: every pack scans its whole permutation."""
+    from components.train.data import PACK_SEED_STREAM
+
+    rng, packs = np.random.default_rng((seed, PACK_SEED_STREAM)), []
+    for _ in range(n_packs):
+        members, total = [], 0.0
+        for i in rng.permutation(len(durations)):
+            add = float(durations[i]) + (gap_s if members else 0.0)
+            if total + add <= window_s:
+                members.append(int(i))
+                total += add
+                if len(members) == max_clips:
+                    break
+        if len(members) >= 2:
+            packs.append(tuple(members))
+    return packs
+
+
+def test_early_stop_gives_the_same_packs_as_a_full_scan(tmp_path):
+    """The scan stops once not even the shortest clip fits; a datasets Column is accepted (read once)."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    durations = np.round(rng.uniform(1.2, 6.8, 500), 2).tolist()
+    for window_s, max_clips in ((7.8, 3), (9.8, 3), (9.8, 4), (5.0, 2)):
+        expected = _first_fit_every_clip(durations, window_s, 0.3, 120, max_clips, seed=4)
+        assert plan_packs(durations, window_s, 0.3, 120, max_clips, seed=4) == expected
+    datasets.Dataset.from_dict({"duration_s": durations}).save_to_disk(str(tmp_path / "ds"))
+    column = datasets.load_from_disk(str(tmp_path / "ds"))["duration_s"]
+    assert plan_packs(column, 7.8, 0.3, 50, 3, seed=4) == _first_fit_every_clip(durations, 7.8, 0.3, 50, 3, seed=4)
+
+
 def test_no_packs_when_nothing_pairs_up():
     assert plan_packs([6.0, 7.0], 9.8, 0.3, 5, 3, seed=0) == []
     assert plan_packs([1.0], 9.8, 0.3, 5, 3, seed=0) == []
