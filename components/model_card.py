@@ -41,6 +41,12 @@ def metrics_table(eval_metrics: dict[str, Any] | None, reference: str = "teacher
     return rows
 
 
+def _kd_window(teacher_window: Any) -> str:
+    if teacher_window == "full":
+        return "its own window"
+    return "the student window" if teacher_window in (None, "student") else f"a {teacher_window} s window"
+
+
 def _recipe(settings: dict[str, Any]) -> list[str]:
     train = settings.get("train") or {}
     optim, askd, student = train.get("optim") or {}, train.get("askd") or {}, train.get("student") or {}
@@ -58,7 +64,7 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"- loss: alpha {askd.get('alpha_schedule')} {askd.get('alpha_start')} → {askd.get('alpha_end')}, "
         f"self-teacher {askd.get('self_teacher')} (weight {askd.get('self_kd_weight')}), "
         f"temperature {askd.get('temperature')}, CE weight {ce}, KD targets from the teacher at "
-        f"{'its own window' if train.get('teacher_window') == 'full' else 'the student window'}",
+        f"{_kd_window(train.get('teacher_window'))}",
         f"- saved weights: {weights}",
     ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -225,8 +225,9 @@ class TrainSettings(_Section):
     student: StudentSettings = StudentSettings()
     optim: OptimSettings = OptimSettings()
     askd: AskdSchedule = AskdSchedule()
-    teacher_window: Literal["student", "full"] = Field(
-        "student", description="KD targets from the teacher cut to the student's window, or at its own (30 s) window"
+    teacher_window: Literal["student", "full"] | PositiveInt = Field(
+        "student", description="KD targets from the teacher cut to the student's window, at its own (30 s) window "
+        "(full), or cut to this many whole seconds (at least the student's window: a cheaper cache than full)"
     )
     timestamp_probability: float = Field(0.0, ge=0, le=1)
     condition_on_prev_probability: float = Field(0.0, ge=0, le=1)
@@ -250,6 +251,21 @@ class TrainSettings(_Section):
         1, ge=1, le=16, description="final weights = mean of the N evaluation points with the lowest validation WER"
     )
     log_every_steps: int = Field(1, ge=1)
+
+    @field_validator("teacher_window", mode="before")
+    @classmethod
+    def _window_word_or_seconds(cls, value: Any) -> Any:
+        if value in ("student", "full") or (type(value) is int and value > 0):
+            return value
+        raise ValueError("should be 'student', 'full' or a whole number of seconds")
+
+    @model_validator(mode="after")
+    def _teacher_window_holds_the_student_window(self) -> TrainSettings:
+        window = self.teacher_window
+        if isinstance(window, int) and not self.student.window_s <= window <= 30:
+            raise ValueError(f"teacher_window={window} s must lie between the student's window "
+                             f"(train.student.window_s={self.student.window_s}) and Whisper's 30 s")
+        return self
 
 
 class EvalSettings(_Section):

@@ -48,7 +48,7 @@ from components.train.data import (
 from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
 from components.train.losses import distillation_loss, loss_weights
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
-from components.train.student import init_student, label_logits, teacher_for_training
+from components.train.student import init_student, label_logits, shorten_window, teacher_for_training
 from components.train.teacher_states import filled_teacher_states
 from components.whisper_io import generate_tokens, load_whisper
 
@@ -141,10 +141,13 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
 
     student, processor, report = init_student(teacher_dir, cfg.student)
     teacher = teacher_for_training(teacher_dir, cfg.student.window_s)
-    # teacher_window full: the KD targets come from the teacher at its own window (not cut to the student's)
+    # teacher_window full / N s: the KD targets come from the teacher at its own window or cut to N s (not to the
+    # student's): a shorter-window student keeps good targets; N s caches its encoder outputs faster than 30 s
     kd_teacher, kd_processor = teacher, processor
-    if cfg.teacher_window == "full":
+    if cfg.teacher_window != "student":
         kd_teacher, kd_processor = load_whisper(teacher_dir)
+        if cfg.teacher_window != "full":
+            kd_teacher, kd_processor = shorten_window(kd_teacher, kd_processor, cfg.teacher_window)
         kd_teacher.requires_grad_(False).eval()
         if int(kd_teacher.config.max_source_positions) == int(teacher.config.max_source_positions):
             kd_teacher, kd_processor = teacher, processor  # the student already has the teacher's window
@@ -181,7 +184,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                               "encoder cache")
         if kd_teacher is not teacher:
             kd_cache = _filled_cache(cfg, teacher_dir, kd_processor.feature_extractor.chunk_length, kd_teacher,
-                                     kd_processor, train_audio, train_ids, "teacher encoder cache (full window)")
+                                     kd_processor, train_audio, train_ids,
+                                     f"teacher encoder cache ({kd_processor.feature_extractor.chunk_length} s)")
 
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)

@@ -166,18 +166,19 @@ def test_kd_targets_from_the_teacher_at_its_own_window(tmp_path, monkeypatch, ti
     (not the cross-entropy) differs from the run whose teacher is cut to the student's 10 s window."""
     monkeypatch.chdir(tmp_path)
     logs = {}
-    for mode in ("student", "full"):
+    for mode in ("student", "full", 20):
         cfg = _cfg(tmp_path, teacher_window=mode, optim={"max_steps": 2}, average_best=1, eval_every_steps=2,
                    cache_teacher_states=False)  # the live teacher: the exact-zero KL below
         distill(cfg, tiny_whisper_dir, labelled_dir)
         rows = (tmp_path / "metrics" / "train_steps.csv").read_text().splitlines()
         logs[mode] = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
     frames = sorted(json.loads(p.read_text())["shape"][1] for p in (tmp_path / "cache").glob("*/train.progress.json"))
-    assert frames == [500, 1500]  # the student's 10 s window and the teacher's own 30 s window
-    assert logs["student"]["ce"] == logs["full"]["ce"]  # same student, same batch
+    assert frames == [500, 1000, 1500]  # the student's 10 s window, the teacher cut to 20 s, its own 30 s window
+    assert logs["student"]["ce"] == logs["full"]["ce"] == logs[20]["ce"]  # same student, same batch
     # the 1-layer student starts as an exact copy of the 1-layer teacher: no KL to the teacher cut to its window,
     # but a KL to the teacher that sees 30 s
     assert float(logs["student"]["kl"]) == 0 < float(logs["full"]["kl"])
+    assert 0 < float(logs[20]["kl"]) != float(logs["full"]["kl"])
 
 
 def test_cached_teacher_states_train_like_the_live_teacher(tmp_path, monkeypatch, tiny_whisper_dir, labelled_dir):

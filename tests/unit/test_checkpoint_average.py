@@ -45,3 +45,4 @@ def test_model_card_says_which_teacher_window_gave_the_kd_targets():
 
     assert "KD targets from the teacher at its own window" in _recipe({"train": {"teacher_window": "full"}})[3]
     assert "KD targets from the teacher at the student window" in _recipe({"train": {"teacher_window": "student"}})[3]
+    assert "KD targets from the teacher at a 10 s window" in _recipe({"train": {"teacher_window": 10}})[3]

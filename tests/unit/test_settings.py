@@ -106,6 +106,8 @@ def test_settings_are_frozen(params_file):
         ("prepare.validation_fraction=0.95", "validation_fraction + test_fraction must be < 1"),
         ("profile=huge", "invalid setting 'profile' = 'huge': unknown profile (allowed: quick, full)"),
         ("synth.min_words=20", "min_words=20 must be <= max_words=18"),
+        ("train.teacher_window=6", "teacher_window=6 s must lie between the student's window (train.student.window_s=10)"),
+        ("train.teacher_window=half", "invalid setting 'train.teacher_window' = 'half': should be 'student', 'full' or a whole"),
     ],
 )
 def test_invalid_values_name_the_key(params_file, override, expected, monkeypatch, tmp_path):
