@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     import datasets
 
     from components.audio import dataset_audio_arrays
-    from components.ct2_runtime import Ct2Whisper, ctranslate2_version
+    from components.ct2_export import ctranslate2_version
+    from components.ct2_runtime import Ct2Whisper
     from components.text import wer
     from components.whisper_io import generate_tokens, load_whisper
 

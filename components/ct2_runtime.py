@@ -1,17 +1,11 @@
-"""CTranslate2 decoding engine for Whisper: convert a transformers folder once, decode like ``generate_tokens``.
+"""CTranslate2 decoding engine for Whisper: decode an exported folder like ``generate_tokens``.
 
-* :func:`export_ct2` converts a local transformers Whisper folder with CTranslate2's own
-  ``TransformersConverter`` (offline: a local path never touches the hub) and copies the processor files and
-  ``generation_config.json`` next to ``model.bin``, so the CT2 folder is self-contained.
-* :func:`ensure_ct2` converts once into a cache folder keyed by a hash of the model files (weights, configs,
-  tokenizer), the stored quantisation and the ctranslate2 version, written atomically, and reuses it. The cache
-  lives outside the model folder (default ``data/interim/ct2``): model folders are DVC outputs/dependencies
-  and must not change.
-* :class:`Ct2Whisper` decodes with the same contract as :func:`components.whisper_io.generate_tokens`:
-  same feature extractor, same prompt (``<|startoftranscript|>`` [+ ``<|lang|>`` ``<|task|>`` for multilingual
-  models, the language detected per clip when ``language`` is None] + ``<|notimestamps|>``), the generation
-  config's ``suppress_tokens`` / ``begin_suppress_tokens``, length-sorted
-  batches, results in input order, ids without prompt and ``<|endoftext|>``.
+:class:`Ct2Whisper` decodes a folder made by :func:`components.ct2_export.export_ct2` (or converts a
+transformers folder once through :func:`components.ct2_export.ensure_ct2`) with the same contract as
+:func:`components.whisper_io.generate_tokens`: same feature extractor, same prompt (``<|startoftranscript|>``
+[+ ``<|lang|>`` ``<|task|>`` for multilingual models, the language detected per clip when ``language`` is None] +
+``<|notimestamps|>``), the generation config's ``suppress_tokens`` / ``begin_suppress_tokens``, length-sorted
+batches, results in input order, ids without prompt and ``<|endoftext|>``.
 
 Exactness: with ``compute_type="float32"`` greedy decoding gives the same tokens as transformers (the
 teacher notes §5: 60/60 clips; the tests check it again). ``int8`` / ``int8_float32`` quantise the weights
@@ -27,198 +21,25 @@ folder such calls raise ``ValueError``.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from components.artifacts import atomic_dir
+from components.ct2_export import COMPUTE_TYPES, MANIFEST_FILE, _ctranslate2, ensure_ct2
 from components.whisper_io import SAMPLE_RATE_HZ, _strip_generated
 
-DEFAULT_CACHE_ROOT = Path("data/interim/ct2")
-COMPUTE_TYPES = ("float32", "int8", "int8_float32")
 # Who runs the encoder: "torch" (the transformers model's encoder, then CT2 decodes from its output: the
 # decoder sees exactly transformers' encoder states) or "ctranslate2" (CT2 end to end, no torch model needed).
 # On the 2-core AMD EPYC dev machine torch's MKL encoder takes 2.05 s per 8 clips, CT2's (DNNL, AVX2; MKL or
 # AVX512 forced were no better) 2.5 s at float32 and 2.2 s at int8. The encoder is ~75 % of a short clip's
 # cost, so "torch" + CT2's decoder (0.54 s vs ~0.9 s for transformers per batch of 8) is the fastest exact mix.
 ENCODERS = ("torch", "ctranslate2")
-MANIFEST_FILE = "askd_ct2.json"
-FORMAT_VERSION = 1  # bump when the layout of an exported folder changes (invalidates the cache)
-WHISPER_SOURCE_POSITIONS = 1500  # 30 s of encoder positions
 # ctranslate2 4.8.5's Whisper.generate returns at most ``max_length // 2`` new tokens, whatever the prompt
 # length, batch size or beam size (measured; tests/data/test_ct2_runtime.py guards it). So ``max_new_tokens``
 # is passed doubled, and outputs are cut to ``max_new_tokens`` in case a later version counts literally.
 CT2_MAX_LENGTH_FACTOR = 2
-# Files the runtime needs besides model.bin: the processor (feature extractor + tokenizer) and the
-# generation config (prompt ids, suppress lists). Copied when present.
-SIDECAR_FILES = (
-    "generation_config.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "normalizer.json",
-    "chat_template.jinja",
-)
-_HASHED_SUFFIXES = {".safetensors", ".json", ".bin", ".txt"}
-
-
-def _ctranslate2():
-    """Import ctranslate2 with its OpenMP threads sleeping between parallel regions (OMP_WAIT_POLICY=PASSIVE).
-
-    CTranslate2 bundles its own libgomp, which reads the environment once, when the module is first imported
-    (torch's OpenMP runtime is separate and already initialised by then, so it is unaffected). With the default
-    spinning, CT2's threads busy-wait between the decoder's many small parallel regions: on 2 shared cores
-    with another job running, a decode took 2-8.5 s instead of 0.65 s, and two CT2 models in one process
-    (e.g. teacher + student) slowed each other 4x. A value set by the user is kept.
-    """
-    if "ctranslate2" in sys.modules:
-        return sys.modules["ctranslate2"]
-    unset = "OMP_WAIT_POLICY" not in os.environ
-    if unset:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        import ctranslate2
-    finally:
-        if unset:
-            os.environ.pop("OMP_WAIT_POLICY", None)
-    return ctranslate2
-
-
-def ctranslate2_version() -> str | None:
-    try:
-        return _ctranslate2().__version__
-    except ImportError:
-        return None
-
-
-def _whisper_config(model_dir: Path) -> dict[str, Any]:
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{model_dir} is not a Whisper model folder: config.json is missing")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if config.get("model_type") != "whisper":
-        raise ValueError(f"{model_dir} is not a Whisper model folder: model_type={config.get('model_type')!r}")
-    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("pytorch_model*.bin")):
-        raise ValueError(f"{model_dir} is not a Whisper model folder: no weights (*.safetensors)")
-    return config
-
-
-def _check_quantization(quantization: str | None) -> None:
-    if quantization is not None and quantization not in COMPUTE_TYPES:
-        raise ValueError(f"quantization {quantization!r} not supported here (use None or one of {COMPUTE_TYPES})")
-
-
-def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None,
-               vocabulary: list[str] | None = None) -> Path:
-    """Convert a local transformers Whisper folder into a CTranslate2 folder ``out_dir`` (replaced if present).
-
-    ``quantization`` None keeps the weights' float32 (exact); ``int8`` / ``int8_float32`` store int8 weights.
-    ``vocabulary`` (one token string per embedding row) replaces the tokenizer's list in the converted spec, for a
-    model whose vocabulary was pruned (:func:`components.vocab.export_ct2_vocab`); None keeps the tokenizer's.
-    The processor files and ``generation_config.json`` are copied, plus a manifest (``askd_ct2.json``).
-    Shortened-window models (``max_source_positions < 1500``) are supported: CTranslate2 takes the window from
-    the position-embedding table, and the copied feature extractor pads to that window.
-    """
-    ctranslate2 = _ctranslate2()
-    from ctranslate2.converters import TransformersConverter
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    _check_quantization(quantization)
-    config = _whisper_config(model_dir)
-    if model_dir.resolve() == out_dir.resolve() or model_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise ValueError(f"the CT2 output folder {out_dir} must not contain the source model {model_dir}")
-    has = {name for name in SIDECAR_FILES if (model_dir / name).is_file()}
-    if not has & {"preprocessor_config.json", "processor_config.json"} or not has & {"tokenizer.json", "vocab.json"}:
-        raise ValueError(f"{model_dir} has no processor / tokenizer files: save the WhisperProcessor too")
-    # A local folder: AutoConfig / AutoTokenizer / from_pretrained read files only. low_cpu_mem_usage stays off
-    # (transformers 5 loads lazily anyway); dtype comes from config.json (float32 for our folders).
-    if vocabulary is None:
-        converter = TransformersConverter(str(model_dir))
-    else:
-        tokens = list(vocabulary)
-
-        class _KeptVocabularyConverter(TransformersConverter):  # per call: no patch of the loader for the process
-            def _load(self):
-                spec = super()._load()
-                spec.register_vocabulary(tokens)
-                return spec
-
-        converter = _KeptVocabularyConverter(str(model_dir))
-    converter.convert(str(out_dir), quantization=quantization, force=True)
-    copied = []
-    for name in SIDECAR_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, out_dir / name)
-            copied.append(name)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "source": str(model_dir.resolve()),
-        "quantization": quantization or "float32",
-        "ctranslate2": ctranslate2.__version__,
-        "max_source_positions": int(config.get("max_source_positions", WHISPER_SOURCE_POSITIONS)),
-        "num_mel_bins": int(config.get("num_mel_bins", 80)),
-        "copied_files": copied,
-    }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return out_dir
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over a model folder's weights, configs and tokenizer files (names and contents)."""
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES):
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def ensure_ct2(
-    model_dir: str | Path, compute_type: str = "float32", cache_root: str | Path | None = None
-) -> Path:
-    """The CT2 folder of ``model_dir`` for ``compute_type``, converting it once into the cache.
-
-    float32 stores float32 weights; int8 / int8_float32 store int8 weights. The folder is
-    ``<cache_root>/<model name>-<hash>-<quantization>``, keyed by :func:`model_fingerprint`, the
-    quantisation, the ctranslate2 version and this module's format version; it appears atomically.
-    Not safe against two processes converting the same model at the same moment.
-    """
-    model_dir = Path(model_dir)
-    if compute_type not in COMPUTE_TYPES:
-        raise ValueError(f"compute_type {compute_type!r} not supported (use one of {COMPUTE_TYPES})")
-    _whisper_config(model_dir)
-    quantization = None if compute_type == "float32" else compute_type
-    key_blob = json.dumps(
-        {
-            "model": model_fingerprint(model_dir),
-            "quantization": compute_type,
-            "ctranslate2": ctranslate2_version(),
-            "format": FORMAT_VERSION,
-        },
-        sort_keys=True,
-    )
-    key = hashlib.sha256(key_blob.encode()).hexdigest()[:16]
-    root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
-    final = root / f"{model_dir.resolve().name}-{key}-{compute_type}"
-    if (final / "model.bin").is_file() and (final / MANIFEST_FILE).is_file():
-        return final
-    with atomic_dir(final) as tmp:
-        export_ct2(model_dir, tmp, quantization=quantization)
-    return final
 
 
 def _language_id(language: str, lang_to_id: dict[str, int]) -> int:
@@ -240,9 +61,9 @@ def _language_id(language: str, lang_to_id: dict[str, int]) -> int:
 class Ct2Whisper:
     """A CTranslate2 Whisper with the processor and generation config of its source transformers folder.
 
-    ``ct2_dir`` is an exported folder (:func:`export_ct2`); ``fallback_dir`` is the transformers folder that
-    decodes what CT2 does not (clips longer than the window, timestamps). It must hold the same model: it is
-    not taken from the manifest, whose source folder may have changed since the export.
+    ``ct2_dir`` is an exported folder (:func:`~components.ct2_export.export_ct2`); ``fallback_dir`` is the
+    transformers folder that decodes what CT2 does not (clips longer than the window, timestamps). It must hold
+    the same model: it is not taken from the manifest, whose source folder may have changed since the export.
     """
 
     def __init__(

@@ -105,7 +105,8 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
         return Form(name, "torch_int8", path, processor, model=model, params=params, bytes=folder_bytes(path),
                     source=source)
     if (path / "model.bin").is_file():
-        from components.ct2_runtime import MANIFEST_FILE, Ct2Whisper
+        from components.ct2_export import MANIFEST_FILE
+        from components.ct2_runtime import Ct2Whisper
 
         manifest_file = path / MANIFEST_FILE
         manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
@@ -150,7 +151,7 @@ def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ct
 
             export_ct2_vocab(base.path, tmp, vocab_texts, quantization="int8")
         else:
-            from components.ct2_runtime import export_ct2
+            from components.ct2_export import export_ct2
 
             export_ct2(base.path, tmp, quantization=None if kind == "ct2_float32" else "int8")
     form = load_form(out, f"{base.name}_{kind}", ct2_encoder=ct2_encoder, fallback_dir=base.path)

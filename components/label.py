@@ -131,7 +131,8 @@ def _label_split(
 def _load_decoder(cfg: LabelSettings, teacher_dir: Path) -> tuple[Callable, dict[str, Any]]:
     """``decode(audios, **options) -> [(tokens, text)]`` for ``cfg.engine`` and its protocol entries."""
     if cfg.engine == "ctranslate2":
-        from components.ct2_runtime import Ct2Whisper, ctranslate2_version
+        from components.ct2_export import ctranslate2_version
+        from components.ct2_runtime import Ct2Whisper
 
         engine = Ct2Whisper.from_transformers(teacher_dir, compute_type=cfg.ct2_compute_type)
         return engine.generate_tokens, {
@@ -300,7 +301,7 @@ def plan_shards(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> di
     teacher_dir, prepared_dir = Path(teacher_dir), Path(prepared_dir)
     prepared = _load_prepared(cfg, prepared_dir)
     if cfg.engine == "ctranslate2":
-        from components.ct2_runtime import ensure_ct2
+        from components.ct2_export import ensure_ct2
 
         ensure_ct2(teacher_dir, cfg.ct2_compute_type)
     key = work_key(cfg, teacher_dir, prepared_dir)

@@ -165,7 +165,7 @@ def export_ct2_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None, qu
     """
     import tempfile
 
-    from components.ct2_runtime import MANIFEST_FILE, SIDECAR_FILES, export_ct2
+    from components.ct2_export import MANIFEST_FILE, SIDECAR_FILES, export_ct2
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, processor, keep = load_with_kept_ids(model_dir, texts, f"ct2_{quantization or 'float32'}_vocab")

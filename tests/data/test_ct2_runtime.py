@@ -14,13 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.ct2_runtime import (
-    MANIFEST_FILE,
-    Ct2Whisper,
-    ensure_ct2,
-    export_ct2,
-    model_fingerprint,
-)
+from components.ct2_export import MANIFEST_FILE, ensure_ct2, export_ct2, model_fingerprint
+from components.ct2_runtime import Ct2Whisper
 from components.whisper_io import SAMPLE_RATE_HZ, generate_tokens, load_whisper
 
 if importlib.util.find_spec("ctranslate2") is None:  # not importorskip: the runtime imports it (OpenMP policy)

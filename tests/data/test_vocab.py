@@ -95,7 +95,7 @@ def test_a_torch_vocab_student_is_compared_with_the_float32_teacher_as_the_same_
 def test_ct2_pruned_vocabulary_decodes_like_the_full_ct2_model_with_the_pruned_tokens_suppressed(
         tmp_path, tiny_whisper_dir):
     pytest.importorskip("ctranslate2")
-    from components.ct2_runtime import export_ct2
+    from components.ct2_export import export_ct2
     from components.vocab import export_ct2_vocab
 
     out = export_ct2_vocab(tiny_whisper_dir, tmp_path / "ct2_vocab", TEXTS, quantization=None)  # float32: exact
