@@ -22,13 +22,14 @@ from components.ct2_runtime import Ct2Whisper  # noqa: E402
 from components.evaluate import load_prepared_sets  # noqa: E402
 from components.speed import speed_sample  # noqa: E402
 from components.ct2_export import _ctranslate2  # noqa: E402
+from components.whisper_io import SAMPLE_RATE_HZ  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--clips", type=int, default=16)
 p.add_argument("--rounds", type=int, default=3)
 args = p.parse_args()
-forms = {"teacher_ct2_int8": Ct2Whisper("models/exports/teacher-ct2_int8", compute_type="int8", intra_threads=2),
-         "student_ct2_int8": Ct2Whisper("models/exports/student-ct2_int8", compute_type="int8", intra_threads=2)}
+forms = {"teacher_ct2_int8": Ct2Whisper("models/exports/teacher-ct2_int8", compute_type="int8"),  # threads as evaluate's
+         "student_ct2_int8": Ct2Whisper("models/exports/student-ct2_int8", compute_type="int8")}
 sets, _ = load_prepared_sets(Path("data/prepared"), ["test"])
 window = min(int(f.processor.feature_extractor.n_samples) for f in forms.values())
 audios = speed_sample(sets[0].audios, args.clips, window)
@@ -43,7 +44,7 @@ for r in range(args.rounds):
         n_tok = 0
         for a in audios:
             t0 = time.perf_counter()
-            feats = fe([a], sampling_rate=16000, return_tensors="np").input_features
+            feats = fe([a], sampling_rate=SAMPLE_RATE_HZ, return_tensors="np").input_features
             t1 = time.perf_counter()
             f.model.encode(ct2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)), to_cpu=True)
             t2 = time.perf_counter()
@@ -56,7 +57,7 @@ for r in range(args.rounds):
         tokens[name] = n_tok
         for k, v in t.items():
             best[name][k] = min(best[name][k], v)
-out = {"clips": len(audios), "audio_s": round(sum(len(a) for a in audios) / 16000, 2), "rounds": args.rounds,
+out = {"clips": len(audios), "audio_s": round(sum(len(a) for a in audios) / SAMPLE_RATE_HZ, 2), "rounds": args.rounds,
        "statistic": "min over interleaved rounds, seconds for all clips at batch 1", "forms": {}}
 for name, b in best.items():
     decode = b["generate_s"] - b["features_s"] - b["encoder_s"]
