@@ -46,8 +46,14 @@ def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
     """Write ``out_dir``: the int8 state dict, config, generation config and processor of ``model_dir``."""
     import torch
 
+    from components.vocab import VOCAB_FILE, apply_pruned_head, read_vocab_file
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, processor = load_whisper(model_dir)
+    params = _count_params(model)
+    keep = read_vocab_file(model_dir)  # a student trained on a kept vocabulary: its int8 output layer is that set
+    if keep is not None:
+        apply_pruned_head(model, keep)
     qmodel = quantize_int8(model)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -56,7 +62,9 @@ def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
     model.config.save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    manifest = {"format": "torch_int8", "source": str(model_dir), "params": _count_params(model),
+    if keep is not None:
+        shutil.copy2(model_dir / VOCAB_FILE, out_dir / VOCAB_FILE)
+    manifest = {"format": "torch_int8", "source": str(model_dir), "params": params,
                 "quantization": "torch.ao.quantization.quantize_dynamic(nn.Linear, qint8)", "torch": torch.__version__}
     (out_dir / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return out_dir
@@ -77,12 +85,17 @@ def export_torch_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None) 
 
 def _load_torch_int8(path: Path):
     import torch
+
+    from components.vocab import apply_pruned_head, read_vocab_file
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     config = WhisperConfig.from_pretrained(path, local_files_only=True)
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
     params = _count_params(model)
+    keep = read_vocab_file(path)
+    if keep is not None:  # exported from a student trained on a kept vocabulary
+        apply_pruned_head(model, keep)
     qmodel = quantize_int8(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage / quantized-tensor deprecation notes inside torch.load
@@ -152,8 +165,13 @@ def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ct
             export_ct2_vocab(base.path, tmp, vocab_texts, quantization="int8")
         else:
             from components.ct2_export import export_ct2
+            from components.vocab import export_ct2_vocab, read_vocab_file
 
-            export_ct2(base.path, tmp, quantization=None if kind == "ct2_float32" else "int8")
+            quantization = None if kind == "ct2_float32" else "int8"
+            if read_vocab_file(base.path) is not None:  # trained on a kept vocabulary: the export keeps that set
+                export_ct2_vocab(base.path, tmp, None, quantization=quantization)
+            else:
+                export_ct2(base.path, tmp, quantization=quantization)
     form = load_form(out, f"{base.name}_{kind}", ct2_encoder=ct2_encoder, fallback_dir=base.path)
     form.params = form.params or base.params
     return form

@@ -159,6 +159,11 @@ class StudentSettings(_Section):
         "parameters of a small student, e.g. 19.9 M of 24.8 M for tiny.en with 2 decoder layers)"
     )
     cache_encoder_outputs: bool = Field(True, description="needs freeze_encoder and the teacher's own encoder")
+    vocab_top_ranks: int | None = Field(
+        None, ge=256, description="train to spell with the token ids below this (+ special tokens) only: labels "
+        "re-tokenised by the BPE cut to that size, losses over the kept columns, a smaller output layer at "
+        "inference (components/vocab.py); None = the teacher's whole vocabulary"
+    )
 
 
 class OptimSettings(_Section):

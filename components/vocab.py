@@ -12,6 +12,14 @@ learned from), every single-byte token (so any text can still be spelled) and ev
 holds ``-inf`` elsewhere, so ``model.generate`` and its logits processors see ordinary token ids. The export kind
 ``torch_vocab`` (:mod:`components.export`) saves the model as a plain transformers folder plus :data:`VOCAB_FILE`;
 plain ``WhisperForConditionalGeneration.from_pretrained`` still loads it (unpruned); our loader applies the file.
+
+Training to spell with a smaller vocabulary (``train.student.vocab_top_ranks: R``): pruning a model trained on the
+full vocabulary derails it wherever it would have emitted a pruned token (README, *Pruned vocabulary*). Instead the
+student is trained on the kept set ``ids < R`` (+ the special and timestamp tokens): :func:`restricted_tokenizer`
+is the same byte-level BPE with only the merges whose pieces and result have ids below ``R`` (byte-level BPE numbers
+its tokens in merge order, so this is the canonical BPE of an ``R``-token vocabulary and spells any text), the
+labels are re-tokenised with it (:func:`retokenize`), and every loss term sees only the kept columns
+(:func:`kept_columns`). The saved student carries :data:`VOCAB_FILE`, so every loader and export uses the kept set.
 """
 
 from __future__ import annotations
@@ -66,10 +74,120 @@ def kept_token_ids(tokenizer, texts: Iterable[str], vocab_size: int, top_ranks: 
     return sorted(i for i in keep if 0 <= i < vocab_size)
 
 
+def top_rank_ids(tokenizer, vocab_size: int, top_ranks: int) -> list[int]:
+    """Every id below ``top_ranks`` + every special and timestamp token (``<|endoftext|>`` onwards)."""
+    first_special = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    if not BYTE_TOKENS <= top_ranks <= first_special:
+        raise ValueError(f"train.student.vocab_top_ranks must lie in [{BYTE_TOKENS}, {first_special}] for this "
+                         f"tokenizer, got {top_ranks}")
+    return list(range(top_ranks)) + list(range(first_special, int(vocab_size)))
+
+
+def restricted_tokenizer(tokenizer, top_ranks: int):
+    """A ``tokenizers.Tokenizer``: ``tokenizer``'s byte-level BPE with only the merges whose two pieces and result
+    have ids below ``top_ranks``; it adds no special tokens and its ids are the original tokenizer's."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"vocab_top_ranks needs a byte-level BPE tokenizer, this one is {model.get('type')}")
+    vocab = {tok: i for tok, i in model["vocab"].items() if i < top_ranks}
+
+    def kept(merge) -> bool:
+        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        return a in vocab and b in vocab and a + b in vocab
+
+    model["vocab"], model["merges"] = vocab, [m for m in model["merges"] if kept(m)]
+    spec["post_processor"] = None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def retokenize(ids: list[int], tokenizer, restricted, first_special: int) -> list[int]:
+    """``ids`` with every run of text tokens (ids below ``first_special``) spelled again by ``restricted``;
+    special and timestamp tokens stay where they are."""
+    out: list[int] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            text = tokenizer.backend_tokenizer.decoder.decode(tokenizer.convert_ids_to_tokens(run))
+            out.extend(restricted.encode(text, add_special_tokens=False).ids)
+            run.clear()
+
+    for t in ids:
+        if int(t) < first_special:
+            run.append(int(t))
+        else:
+            flush()
+            out.append(int(t))
+    flush()
+    return out
+
+
+def kept_vocabulary(tokenizer, vocab_size: int, top_ranks: int, labels: list[list[int]]):
+    """``(keep, labels re-tokenised, stats)`` for training on the ids below ``top_ranks`` (+ specials)."""
+    keep = top_rank_ids(tokenizer, vocab_size, top_ranks)
+    cut = restricted_tokenizer(tokenizer, top_ranks)
+    first_special = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    spelled = [retokenize(t, tokenizer, cut, first_special) for t in labels]
+    stats = {"top_ranks": top_ranks, "kept_tokens": len(keep), "vocab_size": int(vocab_size),
+             "label_tokens_ratio": round(sum(map(len, spelled)) / max(1, sum(map(len, labels))), 4)}
+    return keep, spelled, stats
+
+
+def kept_columns(keep: torch.Tensor, student, teacher, self_logits, targets: torch.Tensor):
+    """The loss inputs restricted to the kept vocabulary columns ``keep`` (1-D, sorted); targets renumbered.
+
+    ``student`` is a logits tensor or a model output (its ``.logits`` is replaced); ``self_logits`` may be a
+    ``(logits, valid)`` pair; ``None`` inputs stay ``None``. A target outside the kept set raises ``ValueError``.
+    """
+    def cut(x):  # (already-cut logits, e.g. the previous-epoch self-targets recorded from a cut student, pass)
+        return x if x is None or x.shape[-1] == keep.numel() else x.index_select(-1, keep)
+
+    if isinstance(student, torch.Tensor):
+        student = cut(student)
+    else:
+        student.logits = cut(student.logits)
+    if isinstance(self_logits, tuple):
+        self_logits = (cut(self_logits[0]), self_logits[1])
+    else:
+        self_logits = cut(self_logits)
+    position = torch.full((int(keep.max()) + 1,), -1, dtype=torch.long, device=targets.device)
+    position[keep] = torch.arange(keep.numel(), device=targets.device)
+    valid = targets >= 0
+    if bool((targets[valid] > int(keep.max())).any()) or bool((position[targets[valid]] < 0).any()):
+        raise ValueError("a label token lies outside the kept vocabulary (train.student.vocab_top_ranks)")
+    renumbered = torch.where(valid, position[targets.clamp(min=0)], targets)
+    return student, cut(teacher), self_logits, renumbered
+
+
+class pruned_head:  # noqa: N801 (a context manager used like a function)
+    """``with pruned_head(model, keep):`` the model scores only ``keep`` (e.g. to evaluate a model in training)."""
+
+    def __init__(self, model, keep: Iterable[int] | None):
+        self.model, self.keep, self.saved = model, keep, None
+
+    def __enter__(self):
+        if self.keep is not None:
+            self.saved = self.model.proj_out
+            self.model.proj_out = PrunedHead(self.saved.weight, self.keep).to(self.saved.weight.device)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            self.model.proj_out = self.saved
+
+
 def load_with_kept_ids(model_dir: Path, texts: list[str] | None, kind: str):
-    """``(model, processor, keep)`` of a transformers folder, ``keep`` = :func:`kept_token_ids` of ``texts``."""
+    """``(model, processor, keep)`` of a transformers folder: ``keep`` = the folder's own :data:`VOCAB_FILE` (a
+    student trained on a kept set) or else :func:`kept_token_ids` of ``texts``."""
     from components.whisper_io import load_whisper
 
+    own = read_vocab_file(model_dir)
+    if own is not None:
+        model, processor = load_whisper(model_dir)
+        return model, processor, own
     if not texts:
         raise ValueError(f"{kind} needs the training label texts (the label stage's output) to pick its tokens")
     model, processor = load_whisper(model_dir)
@@ -179,7 +297,8 @@ def export_ct2_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None, qu
     for name in SIDECAR_FILES:  # the runtime decodes with the full tokenizer and generation config
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out_dir / name)
-    write_vocab_file(out_dir, keep, vocab_size, f"{len(texts)} training label texts")
+    source = f"{len(texts)} training label texts" if read_vocab_file(model_dir) is None else f"{model_dir.name}'s own"
+    write_vocab_file(out_dir, keep, vocab_size, source)
     manifest_file = out_dir / MANIFEST_FILE
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     manifest.update(source=str(model_dir.resolve()), kept_tokens=len(keep), vocab_size=vocab_size,

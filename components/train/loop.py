@@ -50,6 +50,7 @@ from components.train.losses import distillation_loss, loss_weights
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, label_logits, shorten_window, teacher_for_training
 from components.train.teacher_states import filled_teacher_states
+from components.vocab import kept_columns, kept_vocabulary, pruned_head, write_vocab_file
 from components.whisper_io import generate_tokens, load_whisper
 
 STEP_LOG = Path("metrics/train_steps.csv")
@@ -63,9 +64,10 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf; the message names the step and the loss terms."""
 
 
-def _eval_wer(model, processor, audios, refs, batch_size: int, max_new_tokens: int) -> tuple[float, list[str]]:
+def _eval_wer(model, processor, audios, refs, batch_size: int, max_new_tokens: int,
+              keep: list[int] | None = None) -> tuple[float, list[str]]:
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), pruned_head(model, keep):  # keep: a student trained on a kept vocabulary scores only it
         hyps = [t for _, t in generate_tokens(model, processor, audios, batch_size=batch_size,
                                                 max_new_tokens=max_new_tokens)]
     model.train()
@@ -164,6 +166,10 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     val_refs = [r if h else t for r, h, t in zip(val_ds["text"], val_ds["has_text"], val_ds["teacher_text"], strict=True)]
     special = SpecialTokens.from_processor(processor, student.generation_config, "en", "transcribe")
     pad_id = special.eot
+    keep, vocab_stats = None, None  # train.student.vocab_top_ranks: labels spelled with the kept tokens only
+    if cfg.student.vocab_top_ranks is not None:
+        keep, train_tokens, vocab_stats = kept_vocabulary(processor.tokenizer, int(student.config.vocab_size),
+                                                          cfg.student.vocab_top_ranks, train_tokens)
     # packed examples: several clips in one window (long-form robustness), in training and in validation
     train_packs = plan_packs(train_ds["duration_s"], window, cfg.pack_gap_s,
                              round(cfg.pack_fraction * len(train_ds)), cfg.pack_max_clips, cfg.seed)
@@ -193,6 +199,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                               num_training_steps=cfg.optim.max_steps)
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     device = acc.device
+    keep_t = None if keep is None else torch.as_tensor(keep, dtype=torch.long, device=device)
     teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
     kd_teacher.to(device)
     kd_states = None  # train.cache_teacher_states: the teacher's decoder runs once per example, not every step
@@ -310,8 +317,12 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                         s_out = label_logits(acc.unwrap_model(student), enc, dec_in, labels)
                 else:
                     s_out = student(**s_kwargs, decoder_input_ids=dec_in, output_hidden_states=weights.feature > 0)
+                loss_targets = targets[labels].unsqueeze(0) if label_only else targets
+                if keep_t is not None:
+                    s_out, kd_in, self_logits, loss_targets = kept_columns(keep_t, s_out, kd_in, self_logits,
+                                                                           loss_targets)
                 loss, parts = distillation_loss(
-                    s_out, kd_in, self_logits, targets[labels].unsqueeze(0) if label_only else targets, weights,
+                    s_out, kd_in, self_logits, loss_targets, weights,
                     cfg.askd.temperature,
                     teacher_hidden=getattr(t_out, "decoder_hidden_states", None),
                     mapping=report["mapping"]["decoder"],
@@ -343,7 +354,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
 
             if step % cfg.eval_every_steps == 0 or step == max_steps:
                 val_wer, _ = _eval_wer(acc.unwrap_model(student), processor, val_audio, val_refs,
-                                       cfg.eval_batch_size, cfg.max_label_tokens)
+                                       cfg.eval_batch_size, cfg.max_label_tokens, keep)
                 entry = {"step": step, "val_wer": round(val_wer, 3), "teacher_val_wer": round(teacher_val_wer, 3)}
                 history.append(entry)
                 _append_csv(EVAL_LOG, EVAL_FIELDS, entry)
@@ -378,7 +389,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     else:  # checkpoint averaging: the mean of the lowest-WER evaluation points, then re-scored
         final.load_state_dict(ckpt.average_states([e["state"] for e in top]), strict=False)
         averaged_steps = sorted(e["step"] for e in top)
-        final_wer, _ = _eval_wer(final, processor, val_audio, val_refs, cfg.eval_batch_size, cfg.max_label_tokens)
+        final_wer, _ = _eval_wer(final, processor, val_audio, val_refs, cfg.eval_batch_size, cfg.max_label_tokens,
+                                 keep)
         tqdm.write(f"averaged the weights of steps {averaged_steps}: validation WER {final_wer:.2f} % "
                    f"(best single step {best['wer']:.2f} % @ {best['step']})")
     if cfg.askd.fake_quant_bits:
@@ -395,6 +407,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "stopped_early": stopped_early,
         "preset_loss": cfg.askd.model_dump(mode="json"),
         "student": {k: v for k, v in report.items() if k != "mapping"},
+        "vocab": vocab_stats,  # null: the whole vocabulary
         "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},
         "encoder_cache": bool(cache is not None),
         "teacher_states_cached": kd_states is not None,  # false: the teacher's decoder ran every step
@@ -408,6 +421,9 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     with atomic_dir(out) as tmp:
         final.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        if keep is not None:  # every loader and export of the folder scores only the kept tokens
+            write_vocab_file(tmp, keep, int(final.config.vocab_size), f"train.student.vocab_top_ranks="
+                             f"{cfg.student.vocab_top_ranks}")
         write_json_atomic(tmp / "training_report.json", metrics)
     write_metrics("train", {k: v for k, v in metrics.items() if k != "history"})
     return metrics

@@ -233,3 +233,27 @@ def test_nan_guard_stops_with_a_clear_message(tmp_path, monkeypatch, tiny_whispe
 def test_missing_labels_is_a_clear_error(tmp_path, tiny_whisper_dir):
     with pytest.raises(FileNotFoundError, match="no labelled dataset"):
         distill(_cfg(tmp_path), tiny_whisper_dir, tmp_path / "nothing")
+
+
+def test_a_student_trained_on_a_kept_vocabulary_emits_only_it_in_every_form(tmp_path, monkeypatch, tiny_whisper_dir,
+                                                                              labelled_dir):
+    from components.audio import dataset_audio_arrays
+    from components.export import load_form, make_export
+    from components.vocab import VOCAB_FILE, read_vocab_file, top_rank_ids
+
+    monkeypatch.chdir(tmp_path)
+    metrics = distill(_cfg(tmp_path, student={"vocab_top_ranks": 300}), tiny_whisper_dir, labelled_dir)
+    assert metrics["vocab"]["top_ranks"] == 300 and metrics["vocab"]["label_tokens_ratio"] > 1.5  # spelled in pieces
+    keep = read_vocab_file(tmp_path / "student")
+    student = load_form(tmp_path / "student", "student")
+    assert keep == top_rank_ids(student.processor.tokenizer, student.model.config.vocab_size, 300)
+    assert student.kind == "torch_vocab"
+    audios = dataset_audio_arrays(datasets.load_from_disk(str(labelled_dir))["validation"].select(range(2)))
+    forms = [student] + [make_export(student, kind, tmp_path / "exports") for kind in ("torch_int8", "ct2_int8")]
+    assert [f.kind for f in forms] == ["torch_vocab", "torch_int8", "ct2_int8_vocab"]
+    assert (tmp_path / "exports" / "student-torch_int8" / VOCAB_FILE).is_file()
+    for form in forms:
+        for ids, _ in form.generate(audios, batch_size=2, max_new_tokens=12):
+            assert set(ids) <= set(keep), form.name
+    whole = distill(_cfg(tmp_path / "whole"), tiny_whisper_dir, labelled_dir)
+    assert whole["vocab"] is None and not (tmp_path / "whole" / "student" / VOCAB_FILE).exists()

@@ -125,3 +125,49 @@ def test_ct2_int8_vocab_export_is_compared_with_the_teacher_ct2_int8(tmp_path, t
     audios = [(0.1 * rng.standard_normal(SAMPLE_RATE_HZ)).astype(np.float32) for _ in range(2)]
     same = measure_speed(forms, audios, cfg)["speedup_same_runtime"]
     assert same["student_ct2_int8_vocab"]["versus"] == "teacher_ct2_int8"
+
+
+# ---------------------------------------------------------------------------------------------
+# training to spell with a smaller vocabulary (train.student.vocab_top_ranks)
+
+
+def test_restricted_tokenizer_spells_any_text_with_low_ids_only(tiny_whisper_dir):
+    from transformers import WhisperTokenizerFast
+
+    from components.vocab import kept_vocabulary, restricted_tokenizer, retokenize, top_rank_ids
+
+    tok = WhisperTokenizerFast.from_pretrained(tiny_whisper_dir)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    texts = [*TEXTS, " Photosynthesis in Reykjavík, naïvely: 3.14 × 10⁹!", " stump"]
+    labels = [tok.encode(" " + t.strip(), add_special_tokens=False) for t in texts]
+    cut = restricted_tokenizer(tok, 1000)
+    for text, ids in zip(texts, labels, strict=True):
+        spelled = retokenize(ids, tok, cut, eot)
+        assert all(i < 1000 for i in spelled) and len(spelled) >= len(ids)
+        assert tok.decode(spelled) == tok.decode(ids)  # the same text, other pieces
+    assert retokenize(ids, tok, restricted_tokenizer(tok, eot), eot) == ids  # nothing pruned: canonical BPE again
+    stamp = eot + 400  # a timestamp token stays where it is, the text runs around it are re-spelled
+    mixed = retokenize([*labels[0], stamp, *labels[1]], tok, cut, eot)
+    assert stamp in mixed and all(i < 1000 for i in mixed if i != stamp)
+    keep, spelled, stats = kept_vocabulary(tok, len(tok), 1000, labels)
+    assert keep == top_rank_ids(tok, len(tok), 1000) and set(range(1000)) | {eot} <= set(keep)
+    assert stats["kept_tokens"] == len(keep) and stats["label_tokens_ratio"] > 1
+    with pytest.raises(ValueError, match="vocab_top_ranks"):
+        top_rank_ids(tok, len(tok), eot + 1)
+
+
+def test_kept_columns_cut_every_loss_input_and_renumber_the_targets():
+    from components.vocab import kept_columns
+
+    keep = torch.tensor([0, 2, 5, 9])
+    logits = torch.arange(2 * 3 * 10, dtype=torch.float32).reshape(2, 3, 10)
+    targets = torch.tensor([[-100, 5, 9], [2, 0, -100]])
+    student, teacher, self_logits, renumbered = kept_columns(keep, logits, logits + 1, (logits + 2, targets >= 0),
+                                                             targets)
+    torch.testing.assert_close(student, logits[..., [0, 2, 5, 9]])
+    torch.testing.assert_close(teacher, logits[..., [0, 2, 5, 9]] + 1)
+    torch.testing.assert_close(self_logits[0], logits[..., [0, 2, 5, 9]] + 2)
+    assert renumbered.tolist() == [[-100, 2, 3], [1, 0, -100]]
+    assert kept_columns(keep, logits, None, None, targets)[1] is None
+    with pytest.raises(ValueError, match="outside the kept vocabulary"):
+        kept_columns(keep, logits, None, None, torch.tensor([[3, 0, 0], [0, 0, 0]]))
