@@ -54,6 +54,11 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
     n_avg = train.get("average_best") or 1
     weights = (f"mean of the {n_avg} evaluation points" if n_avg > 1 else "the evaluation point") + \
         " with the lowest validation WER"
+    vocab = []
+    if student.get("vocab_top_ranks"):
+        vocab = [f"- vocabulary: trained to spell with the token ids below {student['vocab_top_ranks']} and the special "
+                 "tokens only (kept ids in `askd_vocab.json`; askd's loaders and exports score only those; plain "
+                 "`from_pretrained` loads the whole output layer: pass the other ids as `suppress_tokens`)"]
     return [
         f"- preset: `{train.get('preset')}`, profile: `{settings.get('profile')}`",
         f"- student: decoder layers {student.get('decoder_layers')}, encoder window {student.get('window_s')} s, "
@@ -66,6 +71,7 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"temperature {askd.get('temperature')}, CE weight {ce}, KD targets from the teacher at "
         f"{_kd_window(train.get('teacher_window'))}",
         f"- saved weights: {weights}",
+        *vocab,
     ]
 
 

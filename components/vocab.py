@@ -126,21 +126,41 @@ def retokenize(ids: list[int], tokenizer, restricted, first_special: int) -> lis
 
 
 def kept_vocabulary(tokenizer, vocab_size: int, top_ranks: int, labels: list[list[int]]):
-    """``(keep, labels re-tokenised, stats)`` for training on the ids below ``top_ranks`` (+ specials)."""
+    """``(keep, labels re-tokenised, stats, first_piece)`` for training on the ids below ``top_ranks`` (+ specials).
+
+    ``first_piece[p]`` is the kept token that begins the restricted spelling of pruned token ``p``: the teacher's
+    probability of ``p`` is that piece's (:func:`kept_columns`).
+    """
     keep = top_rank_ids(tokenizer, vocab_size, top_ranks)
     cut = restricted_tokenizer(tokenizer, top_ranks)
     first_special = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     spelled = [retokenize(t, tokenizer, cut, first_special) for t in labels]
+    pruned = list(range(top_ranks, first_special))
+    first_piece = {p: cut.model.tokenize(s)[0].id for p, s in zip(pruned, tokenizer.convert_ids_to_tokens(pruned),
+                                                                  strict=True)}
     stats = {"top_ranks": top_ranks, "kept_tokens": len(keep), "vocab_size": int(vocab_size),
              "label_tokens_ratio": round(sum(map(len, spelled)) / max(1, sum(map(len, labels))), 4)}
-    return keep, spelled, stats
+    return keep, spelled, stats, first_piece
 
 
-def kept_columns(keep: torch.Tensor, student, teacher, self_logits, targets: torch.Tensor):
+def fold_probabilities(logits: torch.Tensor, keep: torch.Tensor, pruned: torch.Tensor, into: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """Logits over the kept columns whose softmax at ``temperature`` is the full softmax with the probability of
+    each ``pruned`` column added to kept column ``into`` (positions in ``keep``): the teacher's belief in a token
+    the student cannot emit goes to the piece the student spells it with."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    kept = probs.index_select(-1, keep).index_add_(-1, into, probs.index_select(-1, pruned))
+    return temperature * torch.log(kept.clamp_min(torch.finfo(kept.dtype).tiny))
+
+
+def kept_columns(keep: torch.Tensor, student, teacher, self_logits, targets: torch.Tensor, fold=None,
+                 temperature: float = 1.0):
     """The loss inputs restricted to the kept vocabulary columns ``keep`` (1-D, sorted); targets renumbered.
 
     ``student`` is a logits tensor or a model output (its ``.logits`` is replaced); ``self_logits`` may be a
     ``(logits, valid)`` pair; ``None`` inputs stay ``None``. A target outside the kept set raises ``ValueError``.
+    ``fold = (pruned, into)``: the teacher's pruned columns are folded into kept ones (:func:`fold_probabilities`)
+    instead of dropped; the self-teacher (a student, trained on the kept set) is cut.
     """
     def cut(x):  # (already-cut logits, e.g. the previous-epoch self-targets recorded from a cut student, pass)
         return x if x is None or x.shape[-1] == keep.numel() else x.index_select(-1, keep)
@@ -159,6 +179,8 @@ def kept_columns(keep: torch.Tensor, student, teacher, self_logits, targets: tor
     if bool((targets[valid] > int(keep.max())).any()) or bool((position[targets[valid]] < 0).any()):
         raise ValueError("a label token lies outside the kept vocabulary (train.student.vocab_top_ranks)")
     renumbered = torch.where(valid, position[targets.clamp(min=0)], targets)
+    if teacher is not None and fold is not None and teacher.shape[-1] != keep.numel():
+        teacher = fold_probabilities(teacher, keep, fold[0], fold[1], temperature)
     return student, cut(teacher), self_logits, renumbered
 
 

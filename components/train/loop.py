@@ -168,8 +168,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     pad_id = special.eot
     keep, vocab_stats = None, None  # train.student.vocab_top_ranks: labels spelled with the kept tokens only
     if cfg.student.vocab_top_ranks is not None:
-        keep, train_tokens, vocab_stats = kept_vocabulary(processor.tokenizer, int(student.config.vocab_size),
-                                                          cfg.student.vocab_top_ranks, train_tokens)
+        keep, train_tokens, vocab_stats, first_piece = kept_vocabulary(
+            processor.tokenizer, int(student.config.vocab_size), cfg.student.vocab_top_ranks, train_tokens)
     # packed examples: several clips in one window (long-form robustness), in training and in validation
     train_packs = plan_packs(train_ds["duration_s"], window, cfg.pack_gap_s,
                              round(cfg.pack_fraction * len(train_ds)), cfg.pack_max_clips, cfg.seed)
@@ -199,7 +199,12 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                               num_training_steps=cfg.optim.max_steps)
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     device = acc.device
-    keep_t = None if keep is None else torch.as_tensor(keep, dtype=torch.long, device=device)
+    keep_t = fold = None
+    if keep is not None:
+        keep_t = torch.as_tensor(keep, dtype=torch.long, device=device)
+        position = {tok: i for i, tok in enumerate(keep)}
+        fold = (torch.as_tensor(list(first_piece), dtype=torch.long, device=device),
+                torch.as_tensor([position[t] for t in first_piece.values()], dtype=torch.long, device=device))
     teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
     kd_teacher.to(device)
     kd_states = None  # train.cache_teacher_states: the teacher's decoder runs once per example, not every step
@@ -319,8 +324,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                     s_out = student(**s_kwargs, decoder_input_ids=dec_in, output_hidden_states=weights.feature > 0)
                 loss_targets = targets[labels].unsqueeze(0) if label_only else targets
                 if keep_t is not None:
-                    s_out, kd_in, self_logits, loss_targets = kept_columns(keep_t, s_out, kd_in, self_logits,
-                                                                           loss_targets)
+                    s_out, kd_in, self_logits, loss_targets = kept_columns(
+                        keep_t, s_out, kd_in, self_logits, loss_targets, fold, cfg.askd.temperature)
                 loss, parts = distillation_loss(
                     s_out, kd_in, self_logits, loss_targets, weights,
                     cfg.askd.temperature,

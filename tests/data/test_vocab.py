@@ -149,9 +149,13 @@ def test_restricted_tokenizer_spells_any_text_with_low_ids_only(tiny_whisper_dir
     stamp = eot + 400  # a timestamp token stays where it is, the text runs around it are re-spelled
     mixed = retokenize([*labels[0], stamp, *labels[1]], tok, cut, eot)
     assert stamp in mixed and all(i < 1000 for i in mixed if i != stamp)
-    keep, spelled, stats = kept_vocabulary(tok, len(tok), 1000, labels)
+    keep, spelled, stats, first_piece = kept_vocabulary(tok, len(tok), 1000, labels)
     assert keep == top_rank_ids(tok, len(tok), 1000) and set(range(1000)) | {eot} <= set(keep)
     assert stats["kept_tokens"] == len(keep) and stats["label_tokens_ratio"] > 1
+    assert sorted(first_piece) == list(range(1000, eot)) and all(f < 1000 for f in first_piece.values())
+    for word in (" nerve", " Experience", " Kaz"):  # a pruned token's first piece begins its restricted spelling
+        (whole,) = tok.encode(word, add_special_tokens=False)
+        assert first_piece[whole] == cut.encode(word, add_special_tokens=False).ids[0]
     with pytest.raises(ValueError, match="vocab_top_ranks"):
         top_rank_ids(tok, len(tok), eot + 1)
 
@@ -171,3 +175,18 @@ def test_kept_columns_cut_every_loss_input_and_renumber_the_targets():
     assert kept_columns(keep, logits, None, None, targets)[1] is None
     with pytest.raises(ValueError, match="outside the kept vocabulary"):
         kept_columns(keep, logits, None, None, torch.tensor([[3, 0, 0], [0, 0, 0]]))
+
+
+def test_folding_gives_a_pruned_tokens_probability_to_its_first_piece():
+    from components.vocab import fold_probabilities, kept_columns
+
+    keep, pruned, into = torch.tensor([0, 1, 2, 5]), torch.tensor([3, 4]), torch.tensor([1, 1])
+    logits = torch.log(torch.tensor([[0.1, 0.1, 0.1, 0.5, 0.1, 0.1]]))
+    for temperature in (1.0, 2.0):
+        folded = fold_probabilities(logits, keep, pruned, into, temperature)
+        expected = torch.softmax(logits / temperature, -1)[0]
+        expected = torch.stack([expected[0], expected[1] + expected[3] + expected[4], expected[2], expected[5]])
+        torch.testing.assert_close(torch.softmax(folded / temperature, -1)[0], expected)
+    student = torch.zeros(1, 6)
+    _, teacher, _, _ = kept_columns(keep, student, logits, None, torch.tensor([0]), (pruned, into), 2.0)
+    torch.testing.assert_close(teacher, fold_probabilities(logits, keep, pruned, into, 2.0))

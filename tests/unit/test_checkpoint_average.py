@@ -46,3 +46,11 @@ def test_model_card_says_which_teacher_window_gave_the_kd_targets():
     assert "KD targets from the teacher at its own window" in _recipe({"train": {"teacher_window": "full"}})[3]
     assert "KD targets from the teacher at the student window" in _recipe({"train": {"teacher_window": "student"}})[3]
     assert "KD targets from the teacher at a 10 s window" in _recipe({"train": {"teacher_window": 10}})[3]
+
+
+def test_model_card_names_a_kept_vocabulary_only_when_there_is_one():
+    from components.model_card import _recipe
+
+    card = "\n".join(_recipe({"train": {"student": {"vocab_top_ranks": 16384}}}))
+    assert "token ids below 16384" in card and "askd_vocab.json" in card and "suppress_tokens" in card
+    assert "vocabulary" not in "\n".join(_recipe({"train": {"student": {"vocab_top_ranks": None}}}))

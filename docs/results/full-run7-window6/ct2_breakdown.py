@@ -2,7 +2,9 @@
 
 Run from the `full` run's project (models/exports from its evaluate stage, data/prepared from prepare):
 
-    python docs/results/full-run7-window6/ct2_breakdown.py [--clips 16] [--rounds 3]
+    python docs/results/full-run7-window6/ct2_breakdown.py [--clips 16] [--rounds 3] [--out ct2_breakdown.json]
+
+(``--out`` is relative to the working directory: re-running it never overwrites the recorded JSON next to it.)
 
 For the teacher's and the student's CT2 int8 exports, on the evaluate stage's speed sample (clips that fit the
 student's window), per clip at batch 1, the minimum over interleaved rounds of: the log-mel features of the form's
@@ -27,6 +29,7 @@ from components.whisper_io import SAMPLE_RATE_HZ  # noqa: E402
 p = argparse.ArgumentParser()
 p.add_argument("--clips", type=int, default=16)
 p.add_argument("--rounds", type=int, default=3)
+p.add_argument("--out", type=Path, default=Path("ct2_breakdown.json"), help="where to write the JSON")
 args = p.parse_args()
 forms = {"teacher_ct2_int8": Ct2Whisper("models/exports/teacher-ct2_int8", compute_type="int8"),  # threads as evaluate's
          "student_ct2_int8": Ct2Whisper("models/exports/student-ct2_int8", compute_type="int8")}
@@ -64,6 +67,6 @@ for name, b in best.items():
     out["forms"][name] = {**{k: round(v, 4) for k, v in b.items()}, "decode_s": round(decode, 4), "tokens": tokens[name],
                           "encoder_share": round(b["encoder_s"] / b["generate_s"], 3),
                           "decode_ms_per_token": round(1000 * decode / max(tokens[name], 1), 2)}
-path = Path(__file__).with_name("ct2_breakdown.json")
+path = args.out
 path.write_text(json.dumps(out, indent=2) + "\n")
 print(json.dumps(out, indent=2))
