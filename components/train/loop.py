@@ -120,6 +120,17 @@ def _scatter_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _aligned_rows(rows: torch.Tensor, idx, align: list[list[int]], n_teacher: list[int]):
+    """``rows`` (the teacher's label positions of examples ``idx``, in order) at the student's label positions,
+    and which of those have a teacher row (:meth:`components.vocab.KeptVocabulary.align`)."""
+    gather, valid, offset = [], [], 0
+    for i in idx:
+        gather += [offset + max(a, 0) for a in align[i]]
+        valid += [a >= 0 for a in align[i]]
+        offset += n_teacher[i]
+    return rows[torch.as_tensor(gather, device=rows.device)], torch.as_tensor(valid, device=rows.device)
+
+
 def _kd_ever(cfg: TrainSettings) -> bool:
     """Whether the teacher's logits weigh in at any step (alpha moves monotonically from start to end)."""
     a = cfg.askd
@@ -166,16 +177,28 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     val_refs = [r if h else t for r, h, t in zip(val_ds["text"], val_ds["has_text"], val_ds["teacher_text"], strict=True)]
     special = SpecialTokens.from_processor(processor, student.generation_config, "en", "transcribe")
     pad_id = special.eot
-    keep, vocab_stats = None, None  # train.student.vocab_top_ranks: labels spelled with the kept tokens only
+    kv = None  # train.student.vocab_top_ranks: the student's labels spelled with the kept tokens only
     if cfg.student.vocab_top_ranks is not None:
-        keep, train_tokens, vocab_stats, first_piece = kept_vocabulary(
-            processor.tokenizer, int(student.config.vocab_size), cfg.student.vocab_top_ranks, train_tokens)
+        kv = kept_vocabulary(processor.tokenizer, int(student.config.vocab_size), cfg.student.vocab_top_ranks)
+        fixed_needed = cfg.timestamp_probability == 0 and cfg.condition_on_prev_probability == 0
+        if _kd_ever(cfg) and not (cfg.cache_teacher_states and fixed_needed and cfg.askd.feature_weight == 0):
+            raise ValueError("train.student.vocab_top_ranks needs train.cache_teacher_states: true with "
+                             "timestamp_probability 0, condition_on_prev_probability 0 and askd.feature_weight 0 "
+                             "(the teacher's targets are aligned to the re-spelled labels once)")
+    keep = None if kv is None else kv.keep
     # packed examples: several clips in one window (long-form robustness), in training and in validation
     train_packs = plan_packs(train_ds["duration_s"], window, cfg.pack_gap_s,
                              round(cfg.pack_fraction * len(train_ds)), cfg.pack_max_clips, cfg.seed)
     train_audio += [pack_audio(train_audio, p, cfg.pack_gap_s) for p in train_packs]
     train_tokens += [pack_tokens(train_tokens, p, special.timestamp_begin) for p in train_packs]
     train_ids += ["+".join(train_ids[i] for i in p) for p in train_packs]
+    teacher_tokens = train_tokens  # the teacher's own tokens: its decoder states are computed on these
+    vocab_stats = None
+    if kv is not None:
+        train_tokens = [kv.spell(t) for t in teacher_tokens]
+        ratio = sum(map(len, train_tokens)) / max(1, sum(map(len, teacher_tokens)))
+        vocab_stats = {"top_ranks": kv.top_ranks, "kept_tokens": len(kv.keep),
+                       "vocab_size": int(student.config.vocab_size), "label_tokens_ratio": round(ratio, 4)}
     val_packs = plan_packs(val_ds["duration_s"], window, cfg.pack_gap_s,
                            round(cfg.pack_fraction * len(val_ds)), cfg.pack_max_clips, cfg.seed + 1)
     val_audio += [pack_audio(val_audio, p, cfg.pack_gap_s) for p in val_packs]
@@ -200,21 +223,25 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     device = acc.device
     keep_t = fold = None
-    if keep is not None:
-        keep_t = torch.as_tensor(keep, dtype=torch.long, device=device)
-        position = {tok: i for i, tok in enumerate(keep)}
-        fold = (torch.as_tensor(list(first_piece), dtype=torch.long, device=device),
-                torch.as_tensor([position[t] for t in first_piece.values()], dtype=torch.long, device=device))
+    if kv is not None:
+        keep_t = torch.as_tensor(kv.keep, dtype=torch.long, device=device)
+        fold = tuple(torch.as_tensor(x, dtype=torch.long, device=device) for x in kv.fold_index())
     teacher.to(device)  # frozen: not wrapped (DDP refuses modules without trainable parameters)
     kd_teacher.to(device)
-    kd_states = None  # train.cache_teacher_states: the teacher's decoder runs once per example, not every step
+    kd_states = align = n_teacher = None  # train.cache_teacher_states: the teacher's decoder runs once per example, not every step
     fixed_sequences = cfg.timestamp_probability == 0 and cfg.condition_on_prev_probability == 0
     if cfg.cache_teacher_states and fixed_sequences and cfg.askd.feature_weight == 0 and _kd_ever(cfg):
         fixed = [build_sequence(t, special, np.random.default_rng(0), 0.0, None, cfg.max_label_tokens)
-                 for t in train_tokens]  # exactly what every step builds when no sequence varies
+                 for t in teacher_tokens]  # exactly what every step builds when no sequence varies
         kd_states = filled_teacher_states(cfg.cache_dir, cache_key(teacher_dir, cfg.student.window_s, processor),
                                           kd_teacher, kd_processor, kd_cache if kd_teacher is not teacher else cache,
                                           train_audio, fixed, pad_id, device)
+        if kv is not None:  # each student label position -> the teacher label position its token begins (or -1)
+            align = [kv.align(f[1], build_sequence(t, special, np.random.default_rng(0), 0.0, None,
+                                                   cfg.max_label_tokens)[1]) for f, t in zip(fixed, train_tokens, strict=True)]
+            n_teacher = [sum(1 for x in f[1] if x != IGNORE_INDEX) for f in fixed]
+            vocab_stats["teacher_target_fraction"] = round(  # student label positions that get a teacher target
+                sum(a >= 0 for al in align for a in al) / max(1, sum(map(len, align))), 4)
 
     run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
         {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
@@ -295,11 +322,19 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                     t_enc = kd_cache.rows(idx).to(device) if kd_cache is not None else kd_teacher.get_encoder()(
                         features(kd_processor, [train_audio[i] for i in idx]).to(device)).last_hidden_state
                 t_out, kd_in = None, None
+                kd_valid = None  # kept vocabulary: student label positions that have a teacher target
                 if kd_states is not None:
                     if weights.kd > 0:  # the teacher's logits at the label positions: its output layer only
                         kd_in = kd_teacher.proj_out(kd_states.rows(idx).to(device)).unsqueeze(0)
+                        if align is not None:
+                            kd_rows, kd_valid = _aligned_rows(kd_in[0], idx, align, n_teacher)
+                            kd_in = kd_rows.unsqueeze(0)
                         if not label_only:
                             kd_in = _scatter_rows(kd_in[0], labels)
+                            if kd_valid is not None:
+                                kd_valid = _scatter_rows(kd_valid.unsqueeze(-1), labels)[..., 0]
+                        elif kd_valid is not None:
+                            kd_valid = kd_valid.unsqueeze(0)
                 elif weights.feature > 0:
                     t_out = kd_teacher(encoder_outputs=(t_enc,), decoder_input_ids=dec_in, output_hidden_states=True)
                     kd_in = t_out.logits
@@ -325,7 +360,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 loss_targets = targets[labels].unsqueeze(0) if label_only else targets
                 if keep_t is not None:
                     s_out, kd_in, self_logits, loss_targets = kept_columns(
-                        keep_t, s_out, kd_in, self_logits, loss_targets, fold, cfg.askd.temperature)
+                        keep_t, s_out, kd_in, self_logits, loss_targets, fold, cfg.askd.temperature, kd_valid)
                 loss, parts = distillation_loss(
                     s_out, kd_in, self_logits, loss_targets, weights,
                     cfg.askd.temperature,

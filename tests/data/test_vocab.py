@@ -134,28 +134,36 @@ def test_ct2_int8_vocab_export_is_compared_with_the_teacher_ct2_int8(tmp_path, t
 def test_restricted_tokenizer_spells_any_text_with_low_ids_only(tiny_whisper_dir):
     from transformers import WhisperTokenizerFast
 
-    from components.vocab import kept_vocabulary, restricted_tokenizer, retokenize, top_rank_ids
+    from components.train.data import IGNORE_INDEX
+    from components.vocab import kept_vocabulary, restricted_tokenizer, top_rank_ids
 
     tok = WhisperTokenizerFast.from_pretrained(tiny_whisper_dir)
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
     texts = [*TEXTS, " Photosynthesis in Reykjavík, naïvely: 3.14 × 10⁹!", " stump"]
     labels = [tok.encode(" " + t.strip(), add_special_tokens=False) for t in texts]
     cut = restricted_tokenizer(tok, 1000)
+    kv = kept_vocabulary(tok, len(tok), 1000)
+    assert kv.keep == top_rank_ids(tok, len(tok), 1000) and set(range(1000)) | {eot} <= set(kv.keep)
+    assert sorted(kv.pieces) == list(range(1000, eot))
     for text, ids in zip(texts, labels, strict=True):
-        spelled = retokenize(ids, tok, cut, eot)
-        assert all(i < 1000 for i in spelled) and len(spelled) >= len(ids)
-        assert tok.decode(spelled) == tok.decode(ids)  # the same text, other pieces
-    assert retokenize(ids, tok, restricted_tokenizer(tok, eot), eot) == ids  # nothing pruned: canonical BPE again
-    stamp = eot + 400  # a timestamp token stays where it is, the text runs around it are re-spelled
-    mixed = retokenize([*labels[0], stamp, *labels[1]], tok, cut, eot)
-    assert stamp in mixed and all(i < 1000 for i in mixed if i != stamp)
-    keep, spelled, stats, first_piece = kept_vocabulary(tok, len(tok), 1000, labels)
-    assert keep == top_rank_ids(tok, len(tok), 1000) and set(range(1000)) | {eot} <= set(keep)
-    assert stats["kept_tokens"] == len(keep) and stats["label_tokens_ratio"] > 1
-    assert sorted(first_piece) == list(range(1000, eot)) and all(f < 1000 for f in first_piece.values())
-    for word in (" nerve", " Experience", " Kaz"):  # a pruned token's first piece begins its restricted spelling
+        for spelled in (kv.spell(ids), cut.encode(" " + text.strip(), add_special_tokens=False).ids):
+            assert all(i < 1000 for i in spelled) and len(spelled) >= len(ids)
+            assert tok.decode(spelled) == tok.decode(ids)  # the same text, other pieces
+    assert kept_vocabulary(tok, len(tok), eot).spell(labels[2]) == labels[2]  # nothing pruned: the same tokens
+    stamp = eot + 400  # special and timestamp tokens stay as they are
+    assert kv.spell([stamp, *labels[0]]) == [stamp, *kv.spell(labels[0])]
+    for word in (" nerve", " Experience", " Kaz"):  # a pruned token's pieces are the restricted BPE of its bytes
         (whole,) = tok.encode(word, add_special_tokens=False)
-        assert first_piece[whole] == cut.encode(word, add_special_tokens=False).ids[0]
+        assert list(kv.pieces[whole]) == cut.encode(word, add_special_tokens=False).ids and len(kv.pieces[whole]) > 1
+    pruned, into = kv.fold_index()
+    assert pruned == sorted(kv.pieces) and all(kv.keep[i] == kv.pieces[p][0] for p, i in zip(pruned, into))
+    # alignment: each teacher token's first piece gets its teacher position, later pieces none
+    (nerve,) = tok.encode(" nerve", add_special_tokens=False)
+    the = tok.encode(" the", add_special_tokens=False)[0]
+    teacher = [IGNORE_INDEX, the, nerve, eot]
+    student = [IGNORE_INDEX, the, *kv.pieces[nerve], eot]
+    assert kv.align(teacher, student) == [0, 1] + [-1] * (len(kv.pieces[nerve]) - 1) + [2]
+    assert kv.align(teacher, student[:-1]) == [0, 1] + [-1] * (len(kv.pieces[nerve]) - 1)  # truncated: no <eot>
     with pytest.raises(ValueError, match="vocab_top_ranks"):
         top_rank_ids(tok, len(tok), eot + 1)
 
@@ -173,6 +181,13 @@ def test_kept_columns_cut_every_loss_input_and_renumber_the_targets():
     torch.testing.assert_close(self_logits[0], logits[..., [0, 2, 5, 9]] + 2)
     assert renumbered.tolist() == [[-100, 2, 3], [1, 0, -100]]
     assert kept_columns(keep, logits, None, None, targets)[1] is None
+    valid = torch.tensor([[True, False, True], [True, True, False]])
+    _, teacher, _, _ = kept_columns(keep, logits.requires_grad_(), (logits + 1).detach(), None, targets,
+                                    teacher_valid=valid)
+    cut = logits[..., [0, 2, 5, 9]]
+    torch.testing.assert_close(teacher[valid], cut[valid] + 1)
+    torch.testing.assert_close(teacher[~valid], cut[~valid])  # the student's own logits: KL 0 there
+    assert not teacher.requires_grad  # detached: the targets pass no gradient to the student
     with pytest.raises(ValueError, match="outside the kept vocabulary"):
         kept_columns(keep, logits, None, None, torch.tensor([[3, 0, 0], [0, 0, 0]]))
 
