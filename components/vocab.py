@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 VOCAB_FILE = "askd_vocab.json"
+ONE_HOT_LOGIT_GAP = 1e4  # a one-hot KD target as logits: 0 for the label, -1e4 elsewhere (softmax: exactly 1 / 0)
 BYTE_TOKENS = 256  # byte-level BPE: ids 0-255 are the single bytes (GPT-2 / Whisper tokenizers)
 
 
@@ -116,7 +117,8 @@ class KeptVocabulary:
     (those not kept); every other token is spelled as itself. Labels are re-spelled token by token, so each
     teacher token ``t`` maps to a run of pieces whose first one stands where ``t`` stood: there the student gets
     the teacher's distribution (computed on the teacher's own tokens) with each pruned token's probability given
-    to its first piece (:func:`fold_probabilities`); the later pieces of a run get no teacher target.
+    to its first piece (:func:`fold_probabilities`); the later pieces of a run, which the teacher's token fixes,
+    get a one-hot target.
     """
 
     keep: list[int]
@@ -148,6 +150,44 @@ class KeptVocabulary:
         return out
 
 
+    def alignment(self, teacher_targets: list[list[int]], student_targets: list[list[int]]):
+        """``(align, n_teacher)`` per example: :meth:`align`, and the teacher's number of label positions."""
+        align = [self.align(t, s) for t, s in zip(teacher_targets, student_targets, strict=True)]
+        return align, [sum(1 for x in t if x >= 0) for t in teacher_targets]
+
+    def stats(self, teacher_tokens, student_tokens, align=None) -> dict:
+        out = {"top_ranks": self.top_ranks, "kept_tokens": len(self.keep),
+               "vocab_size": len(self.keep) + len(self.pieces),
+               "label_tokens_ratio": round(sum(map(len, student_tokens)) / max(1, sum(map(len, teacher_tokens))), 4)}
+        if align is not None:  # the share of student label positions that get a teacher target
+            out["teacher_target_fraction"] = round(sum(a >= 0 for al in align for a in al)
+                                                   / max(1, sum(map(len, align))), 4)
+        return out
+
+
+def aligned_rows(rows: torch.Tensor, idx, align: list[list[int]], n_teacher: list[int]):
+    """``rows`` (the teacher's label positions of examples ``idx``, in order) at the student's label positions,
+    and which of those have a teacher row (:meth:`KeptVocabulary.align`)."""
+    gather, valid, offset = [], [], 0
+    for i in idx:
+        gather += [offset + max(a, 0) for a in align[i]]
+        valid += [a >= 0 for a in align[i]]
+        offset += n_teacher[i]
+    return rows[torch.as_tensor(gather, device=rows.device)], torch.as_tensor(valid, device=rows.device)
+
+
+def training_vocabulary(cfg, tokenizer, vocab_size: int, kd_ever: bool) -> KeptVocabulary | None:
+    """The :class:`KeptVocabulary` of ``cfg.student.vocab_top_ranks`` (a ``TrainSettings``), None when unset."""
+    if cfg.student.vocab_top_ranks is None:
+        return None
+    fixed = cfg.timestamp_probability == 0 and cfg.condition_on_prev_probability == 0
+    if kd_ever and not (cfg.cache_teacher_states and fixed and cfg.askd.feature_weight == 0):
+        raise ValueError("train.student.vocab_top_ranks needs train.cache_teacher_states: true with "
+                         "timestamp_probability 0, condition_on_prev_probability 0 and askd.feature_weight 0 "
+                         "(the teacher's targets are aligned to the re-spelled labels once)")
+    return kept_vocabulary(tokenizer, vocab_size, cfg.student.vocab_top_ranks)
+
+
 def kept_vocabulary(tokenizer, vocab_size: int, top_ranks: int) -> KeptVocabulary:
     """The kept set ids < ``top_ranks`` + specials, and the restricted spelling of every other text token."""
     keep = top_rank_ids(tokenizer, vocab_size, top_ranks)
@@ -177,7 +217,8 @@ def kept_columns(keep: torch.Tensor, student, teacher, self_logits, targets: tor
     ``(logits, valid)`` pair; ``None`` inputs stay ``None``. A target outside the kept set raises ``ValueError``.
     ``fold = (pruned, into)``: the teacher's pruned columns are folded into kept ones (:func:`fold_probabilities`)
     instead of dropped; the self-teacher (a student, trained on the kept set) is cut. ``teacher_valid`` (the
-    targets' shape): positions without a teacher target get the student's own detached logits (KL 0, no gradient).
+    targets' shape): positions without a teacher row (the later pieces of a teacher token, which that token fixes)
+    get a one-hot target on their label (finite logits: the KL stays finite).
     """
     def cut(x):  # (already-cut logits, e.g. the previous-epoch self-targets recorded from a cut student, pass)
         return x if x is None or x.shape[-1] == keep.numel() else x.index_select(-1, keep)
@@ -199,9 +240,9 @@ def kept_columns(keep: torch.Tensor, student, teacher, self_logits, targets: tor
     if teacher is not None and fold is not None and teacher.shape[-1] != keep.numel():
         teacher = fold_probabilities(teacher, keep, fold[0], fold[1], temperature)
     teacher = cut(teacher)
-    if teacher is not None and teacher_valid is not None:
-        own = student if isinstance(student, torch.Tensor) else student.logits
-        teacher = torch.where(teacher_valid.unsqueeze(-1), teacher.to(own.dtype), own.detach())
+    if teacher is not None and teacher_valid is not None:  # a later piece of a teacher token: certain (one-hot)
+        one_hot = torch.full_like(teacher, -ONE_HOT_LOGIT_GAP).scatter_(-1, renumbered.clamp(min=0).unsqueeze(-1), 0.0)
+        teacher = torch.where(teacher_valid.unsqueeze(-1), teacher, one_hot)
     return student, teacher, self_logits, renumbered
 
 

@@ -50,7 +50,7 @@ from components.train.losses import distillation_loss, loss_weights
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, label_logits, shorten_window, teacher_for_training
 from components.train.teacher_states import filled_teacher_states
-from components.vocab import kept_columns, kept_vocabulary, pruned_head, write_vocab_file
+from components.vocab import aligned_rows, kept_columns, pruned_head, training_vocabulary, write_vocab_file
 from components.whisper_io import generate_tokens, load_whisper
 
 STEP_LOG = Path("metrics/train_steps.csv")
@@ -120,17 +120,6 @@ def _scatter_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _aligned_rows(rows: torch.Tensor, idx, align: list[list[int]], n_teacher: list[int]):
-    """``rows`` (the teacher's label positions of examples ``idx``, in order) at the student's label positions,
-    and which of those have a teacher row (:meth:`components.vocab.KeptVocabulary.align`)."""
-    gather, valid, offset = [], [], 0
-    for i in idx:
-        gather += [offset + max(a, 0) for a in align[i]]
-        valid += [a >= 0 for a in align[i]]
-        offset += n_teacher[i]
-    return rows[torch.as_tensor(gather, device=rows.device)], torch.as_tensor(valid, device=rows.device)
-
-
 def _kd_ever(cfg: TrainSettings) -> bool:
     """Whether the teacher's logits weigh in at any step (alpha moves monotonically from start to end)."""
     a = cfg.askd
@@ -177,14 +166,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     val_refs = [r if h else t for r, h, t in zip(val_ds["text"], val_ds["has_text"], val_ds["teacher_text"], strict=True)]
     special = SpecialTokens.from_processor(processor, student.generation_config, "en", "transcribe")
     pad_id = special.eot
-    kv = None  # train.student.vocab_top_ranks: the student's labels spelled with the kept tokens only
-    if cfg.student.vocab_top_ranks is not None:
-        kv = kept_vocabulary(processor.tokenizer, int(student.config.vocab_size), cfg.student.vocab_top_ranks)
-        fixed_needed = cfg.timestamp_probability == 0 and cfg.condition_on_prev_probability == 0
-        if _kd_ever(cfg) and not (cfg.cache_teacher_states and fixed_needed and cfg.askd.feature_weight == 0):
-            raise ValueError("train.student.vocab_top_ranks needs train.cache_teacher_states: true with "
-                             "timestamp_probability 0, condition_on_prev_probability 0 and askd.feature_weight 0 "
-                             "(the teacher's targets are aligned to the re-spelled labels once)")
+    # train.student.vocab_top_ranks: the student's labels spelled with the kept tokens only (None: off)
+    kv = training_vocabulary(cfg, processor.tokenizer, int(student.config.vocab_size), _kd_ever(cfg))
     keep = None if kv is None else kv.keep
     # packed examples: several clips in one window (long-form robustness), in training and in validation
     train_packs = plan_packs(train_ds["duration_s"], window, cfg.pack_gap_s,
@@ -193,12 +176,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
     train_tokens += [pack_tokens(train_tokens, p, special.timestamp_begin) for p in train_packs]
     train_ids += ["+".join(train_ids[i] for i in p) for p in train_packs]
     teacher_tokens = train_tokens  # the teacher's own tokens: its decoder states are computed on these
-    vocab_stats = None
     if kv is not None:
         train_tokens = [kv.spell(t) for t in teacher_tokens]
-        ratio = sum(map(len, train_tokens)) / max(1, sum(map(len, teacher_tokens)))
-        vocab_stats = {"top_ranks": kv.top_ranks, "kept_tokens": len(kv.keep),
-                       "vocab_size": int(student.config.vocab_size), "label_tokens_ratio": round(ratio, 4)}
     val_packs = plan_packs(val_ds["duration_s"], window, cfg.pack_gap_s,
                            round(cfg.pack_fraction * len(val_ds)), cfg.pack_max_clips, cfg.seed + 1)
     val_audio += [pack_audio(val_audio, p, cfg.pack_gap_s) for p in val_packs]
@@ -237,11 +216,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                                           kd_teacher, kd_processor, kd_cache if kd_teacher is not teacher else cache,
                                           train_audio, fixed, pad_id, device)
         if kv is not None:  # each student label position -> the teacher label position its token begins (or -1)
-            align = [kv.align(f[1], build_sequence(t, special, np.random.default_rng(0), 0.0, None,
-                                                   cfg.max_label_tokens)[1]) for f, t in zip(fixed, train_tokens, strict=True)]
-            n_teacher = [sum(1 for x in f[1] if x != IGNORE_INDEX) for f in fixed]
-            vocab_stats["teacher_target_fraction"] = round(  # student label positions that get a teacher target
-                sum(a >= 0 for al in align for a in al) / max(1, sum(map(len, align))), 4)
+            align, n_teacher = kv.alignment([f[1] for f in fixed], [build_sequence(
+                t, special, np.random.default_rng(0), 0.0, None, cfg.max_label_tokens)[1] for t in train_tokens])
 
     run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
         {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
@@ -325,16 +301,11 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
                 kd_valid = None  # kept vocabulary: student label positions that have a teacher target
                 if kd_states is not None:
                     if weights.kd > 0:  # the teacher's logits at the label positions: its output layer only
-                        kd_in = kd_teacher.proj_out(kd_states.rows(idx).to(device)).unsqueeze(0)
-                        if align is not None:
-                            kd_rows, kd_valid = _aligned_rows(kd_in[0], idx, align, n_teacher)
-                            kd_in = kd_rows.unsqueeze(0)
-                        if not label_only:
-                            kd_in = _scatter_rows(kd_in[0], labels)
-                            if kd_valid is not None:
-                                kd_valid = _scatter_rows(kd_valid.unsqueeze(-1), labels)[..., 0]
-                        elif kd_valid is not None:
-                            kd_valid = kd_valid.unsqueeze(0)
+                        kd_rows = kd_teacher.proj_out(kd_states.rows(idx).to(device))
+                        if align is not None:  # kept vocabulary: at the student's label positions
+                            kd_rows, kd_valid = aligned_rows(kd_rows, idx, align, n_teacher)
+                            kd_valid = kd_valid[None] if label_only else _scatter_rows(kd_valid[:, None], labels)[..., 0]
+                        kd_in = kd_rows.unsqueeze(0) if label_only else _scatter_rows(kd_rows, labels)
                 elif weights.feature > 0:
                     t_out = kd_teacher(encoder_outputs=(t_enc,), decoder_input_ids=dec_in, output_hidden_states=True)
                     kd_in = t_out.logits
@@ -447,7 +418,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "stopped_early": stopped_early,
         "preset_loss": cfg.askd.model_dump(mode="json"),
         "student": {k: v for k, v in report.items() if k != "mapping"},
-        "vocab": vocab_stats,  # null: the whole vocabulary
+        "vocab": None if kv is None else kv.stats(teacher_tokens, train_tokens, align),  # null: the whole vocabulary
         "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},
         "encoder_cache": bool(cache is not None),
         "teacher_states_cached": kd_states is not None,  # false: the teacher's decoder ran every step

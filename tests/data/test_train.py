@@ -256,5 +256,8 @@ def test_a_student_trained_on_a_kept_vocabulary_emits_only_it_in_every_form(tmp_
         for ids, _ in form.generate(audios, batch_size=2, max_new_tokens=12):
             assert set(ids) <= set(keep), form.name
     assert type(forms[2].engine._transformers()[0].proj_out).__name__ == "PrunedHead"  # CT2's transformers fallback
+    with pytest.raises(ValueError, match="vocab_top_ranks needs train.cache_teacher_states"):
+        distill(_cfg(tmp_path / "live", student={"vocab_top_ranks": 300}, cache_teacher_states=False),
+                tiny_whisper_dir, labelled_dir)
     whole = distill(_cfg(tmp_path / "whole"), tiny_whisper_dir, labelled_dir)
     assert whole["vocab"] is None and not (tmp_path / "whole" / "student" / VOCAB_FILE).exists()

@@ -181,12 +181,14 @@ def test_kept_columns_cut_every_loss_input_and_renumber_the_targets():
     torch.testing.assert_close(self_logits[0], logits[..., [0, 2, 5, 9]] + 2)
     assert renumbered.tolist() == [[-100, 2, 3], [1, 0, -100]]
     assert kept_columns(keep, logits, None, None, targets)[1] is None
-    valid = torch.tensor([[True, False, True], [True, True, False]])
+    valid = torch.tensor([[True, False, True], [False, True, True]])
     _, teacher, _, _ = kept_columns(keep, logits.requires_grad_(), (logits + 1).detach(), None, targets,
                                     teacher_valid=valid)
     cut = logits[..., [0, 2, 5, 9]]
     torch.testing.assert_close(teacher[valid], cut[valid] + 1)
-    torch.testing.assert_close(teacher[~valid], cut[~valid])  # the student's own logits: KL 0 there
+    assert teacher[~valid].argmax(-1).tolist() == [2, 1]  # one-hot on the (renumbered) label
+    probs = torch.softmax(teacher[~valid] / 2.0, -1)
+    assert torch.equal(probs.max(-1).values, torch.ones(2)) and torch.isfinite(teacher).all()
     assert not teacher.requires_grad  # detached: the targets pass no gradient to the student
     with pytest.raises(ValueError, match="outside the kept vocabulary"):
         kept_columns(keep, logits, None, None, torch.tensor([[3, 0, 0], [0, 0, 0]]))
