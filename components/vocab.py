@@ -24,6 +24,8 @@ are folded onto the kept set where a teacher token begins, and every loss term s
 Measured (2026-12-06, `full` data): re-spelling whole text runs and teacher-forcing the teacher on the re-spelled
 labels gave targets that cost validation WER (16 % at step 100 vs 4.4 % for the full-vocabulary student; folding
 on top of that made the student loop: 112 %): after a piece that is not its own token the teacher restarts words.
+This design: 12.8 % at step 100, 7.7 % at best; test WER 13.96 % vs 9.31 % with the whole vocabulary (README, tenth
+run): with 6,000 training sentences the student does not learn to spell words in pieces. Off by default.
 """
 
 from __future__ import annotations
