@@ -138,7 +138,7 @@ class KeptVocabulary:
 
     def align(self, teacher_targets: list[int], student_targets: list[int]) -> list[int]:
         """For each label position of the re-spelled sequence: the teacher's label position whose token it begins,
-        or -1 (a later piece; or past a truncation). Label positions are the targets other than ``ignore``."""
+        or -1 (a later piece; or past a truncation). Label positions are the targets >= 0."""
         teacher = [t for t in teacher_targets if t >= 0]
         student = [t for t in student_targets if t >= 0]
         out, k = [-1] * len(student), 0
@@ -150,7 +150,6 @@ class KeptVocabulary:
         if k == len(student) - 1 and student[k] == teacher[-1]:  # <|endoftext|>
             out[k] = len(teacher) - 1
         return out
-
 
     def alignment(self, teacher_targets: list[list[int]], student_targets: list[list[int]]):
         """``(align, n_teacher)`` per example: :meth:`align`, and the teacher's number of label positions."""
@@ -257,7 +256,7 @@ class pruned_head:  # noqa: N801 (a context manager used like a function)
     def __enter__(self):
         if self.keep is not None:
             self.saved = self.model.proj_out
-            self.model.proj_out = PrunedHead(self.saved.weight, self.keep).to(self.saved.weight.device)
+            apply_pruned_head(self.model, self.keep)
         return self.model
 
     def __exit__(self, *exc) -> None:
@@ -271,13 +270,10 @@ def load_with_kept_ids(model_dir: Path, texts: list[str] | None, kind: str):
     from components.whisper_io import load_whisper
 
     own = read_vocab_file(model_dir)
-    if own is not None:
-        model, processor = load_whisper(model_dir)
-        return model, processor, own
-    if not texts:
+    if own is None and not texts:
         raise ValueError(f"{kind} needs the training label texts (the label stage's output) to pick its tokens")
     model, processor = load_whisper(model_dir)
-    return model, processor, kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
+    return model, processor, own or kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
 
 
 def apply_pruned_head(model, keep: Iterable[int]):
