@@ -169,13 +169,13 @@ class Ct2Whisper:
 
     def _transformers(self):
         """The fallback ``(model, processor)``, loaded on first use."""
-        from components.vocab import apply_pruned_head, read_vocab_file
+        from components.vocab import apply_vocab_file
         from components.whisper_io import load_whisper
 
         if self._fallback is None:
             model, processor = load_whisper(self.fallback_dir)
-            keep = read_vocab_file(self.fallback_dir)  # a student trained on a kept vocabulary decodes only it
-            self._fallback = (model if keep is None else apply_pruned_head(model, keep)), processor
+            apply_vocab_file(model, self.fallback_dir)  # a student trained on a kept vocabulary decodes only it
+            self._fallback = model, processor
         return self._fallback
 
     def _encode(self, feats: np.ndarray):

@@ -46,14 +46,12 @@ def export_torch_int8(model_dir: Path, out_dir: Path) -> Path:
     """Write ``out_dir``: the int8 state dict, config, generation config and processor of ``model_dir``."""
     import torch
 
-    from components.vocab import VOCAB_FILE, apply_pruned_head, read_vocab_file
+    from components.vocab import VOCAB_FILE, apply_vocab_file
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, processor = load_whisper(model_dir)
     params = _count_params(model)
-    keep = read_vocab_file(model_dir)  # a student trained on a kept vocabulary: its int8 output layer is that set
-    if keep is not None:
-        apply_pruned_head(model, keep)
+    keep = apply_vocab_file(model, model_dir)  # trained on a kept vocabulary: the int8 output layer is that set
     qmodel = quantize_int8(model)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -86,16 +84,14 @@ def export_torch_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None) 
 def _load_torch_int8(path: Path):
     import torch
 
-    from components.vocab import apply_pruned_head, read_vocab_file
+    from components.vocab import apply_vocab_file
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     config = WhisperConfig.from_pretrained(path, local_files_only=True)
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
     params = _count_params(model)
-    keep = read_vocab_file(path)
-    if keep is not None:  # exported from a student trained on a kept vocabulary
-        apply_pruned_head(model, keep)
+    apply_vocab_file(model, path)  # exported from a student trained on a kept vocabulary
     qmodel = quantize_int8(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage / quantized-tensor deprecation notes inside torch.load
@@ -132,15 +128,14 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
             info.update(kept_tokens=len(engine.ids.keep), vocab_size=int(manifest.get("vocab_size", 0)))
         return Form(name, f"ct2_{compute}" + ("_vocab" if engine.ids is not None else ""), path, engine.processor,
                     engine=engine, params=params, bytes=folder_bytes(path, ("model.bin",)), info=info, source=source)
-    from components.vocab import apply_pruned_head, read_vocab_file
+    from components.vocab import apply_vocab_file
 
     model, processor = load_whisper(path)
     params = _count_params(model)
-    keep = read_vocab_file(path)
+    keep = apply_vocab_file(model, path)
     if keep is None:
         return Form(name, "transformers", path, processor, model=model, params=params, bytes=folder_bytes(path),
                     source=source)
-    apply_pruned_head(model, keep)
     return Form(name, "torch_vocab", path, processor, model=model, params=params, bytes=folder_bytes(path),
                 info={"kept_tokens": len(keep), "vocab_size": int(model.config.vocab_size)}, source=source)
 

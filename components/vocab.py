@@ -282,6 +282,15 @@ def apply_pruned_head(model, keep: Iterable[int]):
     return model
 
 
+def apply_vocab_file(model, folder: Path) -> list[int] | None:
+    """Prune ``model``'s output layer to the kept ids of ``folder``'s :data:`VOCAB_FILE`, if it has one (a student
+    trained on a kept vocabulary, or a pruned export); returns those ids, or None (the model is left as it is)."""
+    keep = read_vocab_file(folder)
+    if keep is not None:
+        apply_pruned_head(model, keep)
+    return keep
+
+
 def write_vocab_file(out_dir: Path, keep: list[int], vocab_size: int, source: str) -> dict:
     info = {"kept": len(keep), "vocab_size": int(vocab_size), "source": source, "keep": [int(i) for i in keep]}
     (Path(out_dir) / VOCAB_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
