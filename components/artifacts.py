@@ -6,6 +6,7 @@ A stage killed half-way leaves either the previous complete output or nothing, n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -70,3 +71,14 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """One SHA-256 over the files' names and bytes, in name order (a folder's content identity)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import atomic_dir, write_metrics
+from components.artifacts import atomic_dir, sha256_files, write_metrics
 from components.audio import dataset_audio_arrays
 from components.label_filter import DROP_REASONS, decide
 from components.settings import LabelSettings
@@ -36,16 +36,6 @@ from components.text import wer
 from components.whisper_io import generate_tokens, load_whisper
 
 SHARD_PATTERN = "shard-{:05d}.jsonl"
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def work_key(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> str:
@@ -60,7 +50,7 @@ def work_key(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> str:
     if cfg.engine == "ctranslate2":
         decode["ct2_compute_type"] = cfg.ct2_compute_type
     blob = json.dumps(
-        {"teacher": _sha256_files(weights), "data": _sha256_files(data_state), "decode": decode}, sort_keys=True
+        {"teacher": sha256_files(weights), "data": sha256_files(data_state), "decode": decode}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

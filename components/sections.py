@@ -159,6 +159,10 @@ class StudentSettings(_Section):
         "parameters of a small student, e.g. 19.9 M of 24.8 M for tiny.en with 2 decoder layers)"
     )
     cache_encoder_outputs: bool = Field(True, description="needs freeze_encoder and the teacher's own encoder")
+    init_from: Path | None = Field(
+        None, description="a trained student folder (e.g. an earlier run's models/student) to cut this student "
+        "from instead of the teacher: the layer counts and indices then refer to its layers; None = the teacher"
+    )
     vocab_top_ranks: int | None = Field(
         None, ge=256, description="train to spell with the token ids below this (+ special tokens) only: labels "
         "re-tokenised by the BPE cut to that size, losses over the kept columns, a smaller output layer at "
@@ -270,6 +274,10 @@ class TrainSettings(_Section):
         if isinstance(window, int) and not self.student.window_s <= window <= 30:
             raise ValueError(f"teacher_window={window} s must lie between the student's window "
                              f"(train.student.window_s={self.student.window_s}) and Whisper's 30 s")
+        if self.student.init_from is not None and self.askd.feature_weight > 0:
+            raise ValueError("train.student.init_from cannot be combined with train.askd.feature_weight > 0: the "
+                             "hidden-state loss maps student layers to teacher layers, and a student cut from "
+                             "another student has no such map")
         return self
 
 

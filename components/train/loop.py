@@ -221,7 +221,8 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
 
     run_dir = Path(cfg.checkpoint_dir) / ckpt.run_key(
         {"train": cfg.model_dump(mode="json", exclude={"out_dir", "checkpoint_dir", "cache_dir", "eval_batch_size"}),
-         "teacher": cache_key(teacher_dir, cfg.student.window_s, processor), "data": train_ids})
+         "teacher": cache_key(teacher_dir, cfg.student.window_s, processor), "data": train_ids,
+         **({"init_from": report["init_from_sha256"]} if report["init_from_sha256"] else {})})
     ema: EmaTeacher | None = None
     snapshot = None
     prev_targets = PreviousEpochTargets() if cfg.askd.self_teacher == "previous_epoch" else None

@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
+from components.artifacts import sha256_files
 from components.settings import StudentSettings
+from components.vocab import VOCAB_FILE
 from components.whisper_io import load_whisper, whisper_from_state
 
 ENCODER_POSITIONS_PER_S = 50  # encoder positions per second of audio (20 ms each)
@@ -158,6 +160,36 @@ def _remap_alignment_heads(heads: list | None, dec_idx: list[int], n_heads: int)
     return kept or [[len(dec_idx) - 1, h] for h in range(n_heads)]
 
 
+def _source(teacher, teacher_dir: Path, init_from: Path | None):
+    """The model the student is cut from: the teacher, or the trained student folder ``init_from``."""
+    if init_from is None:
+        return teacher
+    init_from = Path(init_from)
+    if not (init_from / "config.json").is_file():
+        raise FileNotFoundError(f"train.student.init_from: no model folder at '{init_from}' (config.json missing)")
+    if (init_from / VOCAB_FILE).is_file():
+        raise ValueError(f"train.student.init_from: '{init_from}' was trained on a pruned vocabulary "
+                         f"({VOCAB_FILE}); cutting a student from it is not supported")
+    source, _ = load_whisper(init_from)
+    for key in ("d_model", "vocab_size", "encoder_attention_heads", "decoder_attention_heads", "num_mel_bins"):
+        if getattr(source.config, key) != getattr(teacher.config, key):
+            raise ValueError(f"train.student.init_from: '{init_from}' has {key}={getattr(source.config, key)} but "
+                             f"the teacher '{teacher_dir}' has {getattr(teacher.config, key)}")
+    return source
+
+
+def _encoder_equals(student, teacher) -> bool:
+    """Every student encoder tensor equals the teacher's (position table: the teacher's first rows)."""
+    s_sd, t_sd = student.model.encoder.state_dict(), teacher.model.encoder.state_dict()
+    if s_sd.keys() != t_sd.keys():
+        return False
+    for key, value in s_sd.items():
+        ref = t_sd[key][: value.shape[0]] if key == "embed_positions.weight" else t_sd[key]
+        if value.shape != ref.shape or not torch.equal(value, ref):
+            return False
+    return True
+
+
 def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dict[str, Any]]:
     """Build the student from the teacher folder; returns ``(model, processor, report)``.
 
@@ -166,15 +198,19 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     :func:`shorten_window`), the encoder is frozen when ``cfg.freeze_encoder``,
     the token embedding (= output layer, tied) when ``cfg.freeze_embeddings``, and the generation config is the
     teacher's with ``alignment_heads`` renumbered to the kept decoder layers. The model is returned in eval mode.
+    ``cfg.init_from`` (a trained student folder with the teacher's widths) replaces the teacher as the source of
+    every copied tensor, the layer indices and the generation config; the processor stays the teacher's.
 
     ``report``: ``teacher_params``, ``teacher_trainable``, ``student_params``, ``student_trainable``,
     ``teacher_bytes_fp32``, ``student_bytes_fp32`` (teacher counted as loaded, i.e. with its 30 s positions),
-    ``encoder_layer_indices``, ``decoder_layer_indices``, ``window_s``, ``encoder_is_teacher`` (every encoder
-    layer kept, so the teacher's encoder output can be shared or cached), and ``mapping`` =
-    ``{"encoder": {student_layer: teacher_layer}, "decoder": {...}}`` (int keys; JSON turns them into strings).
+    ``encoder_layer_indices``, ``decoder_layer_indices`` (layers of the source), ``window_s``, ``init_from`` (the
+    source folder, or None for the teacher) and ``init_from_sha256`` (its weights and configs), ``encoder_is_teacher`` (the student's encoder equals the teacher's,
+    cut to the window, so the teacher's encoder output can be shared or cached), and ``mapping`` =
+    ``{"encoder": {student_layer: source_layer}, "decoder": {...}}`` (int keys; JSON turns them into strings).
     """
     teacher, processor = load_whisper(teacher_dir)
-    tcfg = teacher.config
+    source = _source(teacher, teacher_dir, cfg.init_from)
+    tcfg = source.config
     n_enc_t, n_dec_t = int(tcfg.encoder_layers), int(tcfg.decoder_layers)
     if cfg.encoder_layer_indices is not None:
         enc_idx = _check_indices(cfg.encoder_layer_indices, n_enc_t, "encoder")
@@ -191,12 +227,12 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     scfg.encoder_layers = len(enc_idx)
     scfg.decoder_layers = len(dec_idx)
     scfg.num_hidden_layers = len(enc_idx)
-    student = whisper_from_state(scfg, _student_state(teacher.state_dict(), enc_idx, dec_idx), "student state")
+    student = whisper_from_state(scfg, _student_state(source.state_dict(), enc_idx, dec_idx), "student state")
     if any(t.is_meta for t in list(student.parameters()) + list(student.buffers())):
         raise ValueError("student has uninitialised (meta) tensors after copying the teacher")
     student.model.encoder.embed_positions.requires_grad_(False)  # as transformers builds it
 
-    gen = copy.deepcopy(teacher.generation_config)
+    gen = copy.deepcopy(source.generation_config)
     gen.alignment_heads = _remap_alignment_heads(
         getattr(gen, "alignment_heads", None), dec_idx, int(scfg.decoder_attention_heads)
     )
@@ -204,7 +240,7 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     student, processor = shorten_window(student, processor, cfg.window_s)
     if cfg.freeze_encoder:
         student.freeze_encoder()
-    if cfg.freeze_embeddings:  # tied: the output projection stays the teacher's too
+    if cfg.freeze_embeddings:  # tied: the output projection stays the source's too
         student.model.decoder.embed_tokens.requires_grad_(False)
     student.eval()
 
@@ -220,13 +256,16 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
         "encoder_layer_indices": enc_idx,
         "decoder_layer_indices": dec_idx,
         "window_s": float(cfg.window_s),
-        "encoder_is_teacher": enc_idx == list(range(n_enc_t)),
+        "init_from": None if cfg.init_from is None else str(cfg.init_from),
+        "init_from_sha256": None if cfg.init_from is None else sha256_files(
+            [p for p in Path(cfg.init_from).iterdir() if p.suffix in {".safetensors", ".json", ".bin"}]),
+        "encoder_is_teacher": _encoder_equals(student, teacher),
         "mapping": {
             "encoder": {s: t for s, t in enumerate(enc_idx)},
             "decoder": {s: t for s, t in enumerate(dec_idx)},
         },
     }
-    del teacher
+    del teacher, source
     return student, processor, report
 
 

@@ -198,3 +198,56 @@ def test_freeze_embeddings_freezes_the_tied_output_layer_too(teacher_dir, built)
     assert unfrozen.model.decoder.embed_tokens.weight.requires_grad
     assert unfrozen_report["student_trainable"] - frozen_report["student_trainable"] == emb.numel()
     assert frozen_report["student_params"] == unfrozen_report["student_params"] == report["student_params"]
+
+
+def test_init_from_a_trained_student(teacher_dir, built, tmp_path):
+    """train.student.init_from: layers, encoder identity, window and lineage come from the given student folder."""
+    from pydantic import ValidationError
+
+    from components.settings import TrainSettings
+    from components.vocab import VOCAB_FILE
+
+    teacher = built[3]
+    source, processor, _ = init_student(teacher_dir, StudentSettings(decoder_layers=3, window_s=8))
+    with torch.no_grad():  # "trained": every decoder layer moved away from the teacher's
+        for layer in source.model.decoder.layers:
+            layer.fc1.weight.add_(torch.randn_like(layer.fc1.weight))
+    src = tmp_path / "run7"
+    source.save_pretrained(src)
+    processor.save_pretrained(src)
+
+    cfg = StudentSettings(decoder_layers=2, window_s=6, init_from=src)
+    student, proc, report = init_student(teacher_dir, cfg)
+    assert report["decoder_layer_indices"] == [0, 2] and report["init_from"] == str(src)
+    assert len(report["init_from_sha256"]) == 64 and report["encoder_is_teacher"] is True
+    for s, t in ((0, 0), (1, 2)):
+        assert torch.equal(student.model.decoder.layers[s].fc1.weight, source.model.decoder.layers[t].fc1.weight)
+    assert not torch.equal(student.model.decoder.layers[1].fc1.weight, teacher.model.decoder.layers[3].fc1.weight)
+    assert student.config.max_source_positions == 300 and proc.feature_extractor.chunk_length == 6
+    assert _same_output(student, teacher) is False  # sanity: not the teacher's decoder
+
+    with torch.no_grad():  # an unfrozen-encoder source: its encoder output is no longer the teacher's (no cache)
+        source.model.encoder.layers[0].fc2.weight.mul_(1.01)
+    source.save_pretrained(src)
+    _, _, changed = init_student(teacher_dir, cfg)
+    assert changed["encoder_is_teacher"] is False and changed["init_from_sha256"] != report["init_from_sha256"]
+
+    with pytest.raises(ValueError, match="only 400"):  # the source's window (8 s) bounds the student's
+        init_student(teacher_dir, StudentSettings(window_s=10, init_from=src))
+    with pytest.raises(FileNotFoundError, match="train.student.init_from"):
+        init_student(teacher_dir, StudentSettings(init_from=tmp_path / "missing"))
+    (src / VOCAB_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="pruned vocabulary"):
+        init_student(teacher_dir, cfg)
+    with pytest.raises(ValidationError, match="init_from cannot be combined with train.askd.feature_weight"):
+        TrainSettings(student={"init_from": str(src)}, askd={"feature_weight": 0.5})
+
+
+def _same_output(student, teacher) -> bool:
+    """Whether the two decoders give the same logits for one token on the same (zero) encoder states."""
+    states = torch.zeros(1, 300, student.config.d_model)
+    ids = torch.tensor([[teacher.generation_config.decoder_start_token_id]])
+    with torch.no_grad():
+        a = student(encoder_outputs=(states,), decoder_input_ids=ids).logits
+        b = teacher(encoder_outputs=(states,), decoder_input_ids=ids).logits
+    return bool(torch.allclose(a, b))
