@@ -54,3 +54,11 @@ def test_model_card_names_a_kept_vocabulary_only_when_there_is_one():
     card = "\n".join(_recipe({"train": {"student": {"vocab_top_ranks": 16384}}}))
     assert "token ids below 16384" in card and "askd_vocab.json" in card and "suppress_tokens" in card
     assert "vocabulary" not in "\n".join(_recipe({"train": {"student": {"vocab_top_ranks": None}}}))
+
+
+def test_model_card_names_the_student_it_was_cut_from():
+    from components.model_card import _recipe
+
+    card = "\n".join(_recipe({"train": {"student": {"init_from": "/runs/7/student"}}}))
+    assert "initialised from the trained student `/runs/7/student`" in card and "init_from_sha256" in card
+    assert "initialised" not in "\n".join(_recipe({"train": {"student": {"init_from": None}}}))
