@@ -54,13 +54,13 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
     n_avg = train.get("average_best") or 1
     weights = (f"mean of the {n_avg} evaluation points" if n_avg > 1 else "the evaluation point") + \
         " with the lowest validation WER"
-    vocab = []  # optional lines
+    optional = []
     if student.get("vocab_top_ranks"):
-        vocab = [f"- vocabulary: trained to spell with the token ids below {student['vocab_top_ranks']} and the special "
+        optional = [f"- vocabulary: trained to spell with the token ids below {student['vocab_top_ranks']} and the special "
                  "tokens only (kept ids in `askd_vocab.json`; askd's loaders and exports score only those; plain "
                  "`from_pretrained` loads the whole output layer: pass the other ids as `suppress_tokens`)"]
     if student.get("init_from"):
-        vocab.append(f"- initialised from the trained student `{student['init_from']}` (its layers, not the teacher's; "
+        optional.append(f"- initialised from the trained student `{student['init_from']}` (its layers, not the teacher's; "
                      "its weights' SHA-256 is `student.init_from_sha256` in `metrics/train.json`)")
     return [
         f"- preset: `{train.get('preset')}`, profile: `{settings.get('profile')}`",
@@ -74,7 +74,7 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         f"temperature {askd.get('temperature')}, CE weight {ce}, KD targets from the teacher at "
         f"{_kd_window(train.get('teacher_window'))}",
         f"- saved weights: {weights}",
-        *vocab,
+        *optional,
     ]
 
 

@@ -10,7 +10,8 @@ arithmetic here, so no float-rounding surprises). ``L_S = 1`` gives ``[L_T - 1]`
 Distil-Whisper's code does (linspace gives [0], then the last index is forced to L_T - 1).
 
 Everything that is not a mapped layer (conv stem, positional embeddings, token embeddings with the tied output
-projection, final layer norms) is copied from the teacher unchanged.
+projection, final layer norms) is copied from the teacher unchanged. ``init_from`` (a trained student folder)
+takes the teacher's place as the source of layers and tensors, e.g. to cut 2 decoder layers from a trained 3.
 
 Shorter window (notes/teacher-import.md §7b): the encoder has one position per 20 ms of audio after the stride-2
 second convolution, i.e. ``ENCODER_POSITIONS_PER_S = 50`` positions and ``MEL_FRAMES_PER_S = 100`` log-mel frames
@@ -204,8 +205,9 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
     ``report``: ``teacher_params``, ``teacher_trainable``, ``student_params``, ``student_trainable``,
     ``teacher_bytes_fp32``, ``student_bytes_fp32`` (teacher counted as loaded, i.e. with its 30 s positions),
     ``encoder_layer_indices``, ``decoder_layer_indices`` (layers of the source), ``window_s``, ``init_from`` (the
-    source folder, or None for the teacher) and ``init_from_sha256`` (its weights and configs), ``encoder_is_teacher`` (the student's encoder equals the teacher's,
-    cut to the window, so the teacher's encoder output can be shared or cached), and ``mapping`` =
+    source folder, or None for the teacher), ``init_from_sha256`` (its weights and configs), ``encoder_is_teacher``
+    (the student's encoder equals the teacher's, cut to the window, so the teacher's encoder output can be shared
+    or cached), and ``mapping`` =
     ``{"encoder": {student_layer: source_layer}, "decoder": {...}}`` (int keys; JSON turns them into strings).
     """
     teacher, processor = load_whisper(teacher_dir)
