@@ -241,6 +241,8 @@ def test_init_from_a_trained_student(teacher_dir, built, tmp_path):
         init_student(teacher_dir, cfg)
     with pytest.raises(ValidationError, match="init_from cannot be combined with train.askd.feature_weight"):
         TrainSettings(student={"init_from": str(src)}, askd={"feature_weight": 0.5})
+    with pytest.raises(ValidationError, match="is train.out_dir"):
+        TrainSettings(out_dir=src, student={"init_from": str(src / ".")})
 
 
 def _same_output(student, teacher) -> bool:
