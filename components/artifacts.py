@@ -82,3 +82,8 @@ def sha256_files(paths: list[Path]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def model_files_sha256(folder: str | Path) -> str:
+    """:func:`sha256_files` of a model folder's weights and configs (``*.safetensors``, ``*.json``, ``*.bin``)."""
+    return sha256_files([p for p in Path(folder).iterdir() if p.suffix in {".safetensors", ".json", ".bin"}])

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import atomic_dir, sha256_files, write_metrics
+from components.artifacts import atomic_dir, model_files_sha256, sha256_files, write_metrics
 from components.audio import dataset_audio_arrays
 from components.label_filter import DROP_REASONS, decide
 from components.settings import LabelSettings
@@ -40,7 +40,6 @@ SHARD_PATTERN = "shard-{:05d}.jsonl"
 
 def work_key(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> str:
     """Identity of a labelling job: teacher weights + decode options + prepared data (not filter params)."""
-    weights = [p for p in teacher_dir.iterdir() if p.suffix in {".safetensors", ".json", ".bin"}]
     data_state = list(prepared_dir.rglob("state.json")) + list(prepared_dir.rglob("dataset_info.json"))
     decode = {
         k: getattr(cfg, k)
@@ -50,7 +49,7 @@ def work_key(cfg: LabelSettings, teacher_dir: Path, prepared_dir: Path) -> str:
     if cfg.engine == "ctranslate2":
         decode["ct2_compute_type"] = cfg.ct2_compute_type
     blob = json.dumps(
-        {"teacher": sha256_files(weights), "data": sha256_files(data_state), "decode": decode}, sort_keys=True
+        {"teacher": model_files_sha256(teacher_dir), "data": sha256_files(data_state), "decode": decode}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -56,12 +56,12 @@ def _recipe(settings: dict[str, Any]) -> list[str]:
         " with the lowest validation WER"
     optional = []
     if student.get("vocab_top_ranks"):
-        optional = [f"- vocabulary: trained to spell with the token ids below {student['vocab_top_ranks']} and the special "
-                 "tokens only (kept ids in `askd_vocab.json`; askd's loaders and exports score only those; plain "
-                 "`from_pretrained` loads the whole output layer: pass the other ids as `suppress_tokens`)"]
+        optional = [f"- vocabulary: trained to spell with the token ids below {student['vocab_top_ranks']} and the "
+                    "special tokens only (kept ids in `askd_vocab.json`; askd's loaders and exports score only those; "
+                    "plain `from_pretrained` loads the whole output layer: pass the other ids as `suppress_tokens`)"]
     if student.get("init_from"):
-        optional.append(f"- initialised from the trained student `{student['init_from']}` (its layers, not the teacher's; "
-                     "its weights' SHA-256 is `student.init_from_sha256` in `metrics/train.json`)")
+        optional.append(f"- initialised from the trained student `{student['init_from']}` (its layers, not the "
+                        "teacher's; its weights' SHA-256 is `student.init_from_sha256` in `metrics/train.json`)")
     return [
         f"- preset: `{train.get('preset')}`, profile: `{settings.get('profile')}`",
         f"- student: decoder layers {student.get('decoder_layers')}, encoder window {student.get('window_s')} s, "

@@ -274,10 +274,11 @@ class TrainSettings(_Section):
         if isinstance(window, int) and not self.student.window_s <= window <= 30:
             raise ValueError(f"teacher_window={window} s must lie between the student's window "
                              f"(train.student.window_s={self.student.window_s}) and Whisper's 30 s")
-        if self.student.init_from is not None and Path(self.student.init_from).resolve() == Path(self.out_dir).resolve():
+        init_from = self.student.init_from
+        if init_from is not None and Path(init_from).resolve() == Path(self.out_dir).resolve():
             raise ValueError(f"train.student.init_from={self.student.init_from} is train.out_dir, which the train "
                              "stage replaces (DVC removes it before the stage runs): copy the folder elsewhere first")
-        if self.student.init_from is not None and self.askd.feature_weight > 0:
+        if init_from is not None and self.askd.feature_weight > 0:
             raise ValueError("train.student.init_from cannot be combined with train.askd.feature_weight > 0: the "
                              "hidden-state loss maps student layers to teacher layers, and a student cut from "
                              "another student has no such map")

@@ -273,7 +273,9 @@ def load_with_kept_ids(model_dir: Path, texts: list[str] | None, kind: str):
     if own is None and not texts:
         raise ValueError(f"{kind} needs the training label texts (the label stage's output) to pick its tokens")
     model, processor = load_whisper(model_dir)
-    return model, processor, own or kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
+    if own is not None:
+        return model, processor, own
+    return model, processor, kept_token_ids(processor.tokenizer, texts, int(model.config.vocab_size))
 
 
 def apply_pruned_head(model, keep: Iterable[int]):

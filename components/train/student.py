@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from components.artifacts import sha256_files
+from components.artifacts import model_files_sha256
 from components.settings import StudentSettings
 from components.vocab import VOCAB_FILE
 from components.whisper_io import load_whisper, whisper_from_state
@@ -259,8 +259,7 @@ def init_student(teacher_dir: Path, cfg: StudentSettings) -> tuple[Any, Any, dic
         "decoder_layer_indices": dec_idx,
         "window_s": float(cfg.window_s),
         "init_from": None if cfg.init_from is None else str(cfg.init_from),
-        "init_from_sha256": None if cfg.init_from is None else sha256_files(
-            [p for p in Path(cfg.init_from).iterdir() if p.suffix in {".safetensors", ".json", ".bin"}]),
+        "init_from_sha256": None if cfg.init_from is None else model_files_sha256(cfg.init_from),
         "encoder_is_teacher": _encoder_equals(student, teacher),
         "mapping": {
             "encoder": {s: t for s, t in enumerate(enc_idx)},
