@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import atomic_dir
+from components.artifacts import atomic_dir, sha256_files
 
 DEFAULT_CACHE_ROOT = Path("data/interim/ct2")
 COMPUTE_TYPES = ("float32", "int8", "int8_float32")
@@ -149,14 +149,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str | N
 
 def model_fingerprint(model_dir: str | Path) -> str:
     """sha256 over a model folder's weights, configs and tokenizer files (names and contents)."""
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES):
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return sha256_files([p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES])
 
 
 def ensure_ct2(

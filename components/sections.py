@@ -276,7 +276,7 @@ class TrainSettings(_Section):
                              f"(train.student.window_s={self.student.window_s}) and Whisper's 30 s")
         init_from = self.student.init_from
         if init_from is not None and Path(init_from).resolve() == Path(self.out_dir).resolve():
-            raise ValueError(f"train.student.init_from={self.student.init_from} is train.out_dir, which the train "
+            raise ValueError(f"train.student.init_from={init_from} is train.out_dir, which the train "
                              "stage replaces (DVC removes it before the stage runs): copy the folder elsewhere first")
         if init_from is not None and self.askd.feature_weight > 0:
             raise ValueError("train.student.init_from cannot be combined with train.askd.feature_weight > 0: the "
