@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         forms, exported = [teacher, student], {}
         for base_form, kinds in ((teacher, args.teacher_exports), (student, args.student_exports)):
             for kind in [k.strip() for k in kinds.split(",") if k.strip()]:
-                form = make_export(base_form, kind, exports_dir, cfg.ct2_encoder, vocab_texts)
+                form = make_export(base_form, kind, exports_dir, cfg.ct2_encoder, vocab_texts,
+                                   cfg.ct2_decode_threads)
                 forms.append(form)
                 exported[form.name] = {"kind": form.kind, "bytes": form.bytes, **form.info}
         sets, missing = load_prepared_sets(Path(args.prepared), [cfg.speed_set])
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speed": speed,
         "settings": {k: getattr(cfg, k) for k in ("speed_set", "speed_clips", "speed_rounds", "speed_batch_size",
                                                   "speed_protocols", "max_new_tokens", "num_beams", "ct2_encoder",
-                                                  "speed_isolation")},
+                                                  "ct2_decode_threads", "speed_isolation")},
     }
     path = write_result_in("speed", result, args.results_dir)
     print(table)

@@ -64,6 +64,7 @@ class Ct2Whisper:
     ``ct2_dir`` is an exported folder (:func:`~components.ct2_export.export_ct2`); ``fallback_dir`` is the
     transformers folder that decodes what CT2 does not (clips longer than the window, timestamps). It must hold
     the same model: it is not taken from the manifest, whose source folder may have changed since the export.
+    ``decode_threads`` (None or 0: ``intra_threads``) runs the decoder steps on that many threads.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class Ct2Whisper:
         intra_threads: int | None = None,
         fallback_dir: str | Path | None = None,
         encoder: str = "ctranslate2",
+        decode_threads: int | None = None,
     ):
         import torch
         from transformers import GenerationConfig, WhisperProcessor
@@ -93,10 +95,22 @@ class Ct2Whisper:
         self.manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
         self.fallback_dir = Path(fallback_dir) if fallback_dir is not None else None
         self.compute_type = compute_type
-        self.intra_threads = int(intra_threads or torch.get_num_threads())
+        torch_threads = torch.get_num_threads()
+        self.intra_threads = int(intra_threads or torch_threads)
         self.model = ctranslate2.models.Whisper(
             str(self.ct2_dir), device="cpu", compute_type=compute_type, intra_threads=self.intra_threads
         )
+        # decode_threads: the greedy decoder steps on their own thread count (a second instance of the model),
+        # the encoder keeps intra_threads. A batch-1 step is a chain of tiny matrix products; on the 2-core Xeon
+        # (MKL, GNU OpenMP) two threads made a step 2.7x slower than one (3.36 vs 1.23 ms), see README.
+        self.decode_threads = int(decode_threads) if decode_threads else self.intra_threads
+        self.decoder_model = self.model
+        if self.decode_threads != self.intra_threads:
+            self.decoder_model = ctranslate2.models.Whisper(
+                str(self.ct2_dir), device="cpu", compute_type=compute_type, intra_threads=self.decode_threads
+            )
+        if torch.get_num_threads() != torch_threads:  # loading set this thread's OpenMP count, torch's too:
+            torch.set_num_threads(torch_threads)     # restored (CT2 keeps its own counts: measured, same speed)
         self.processor = WhisperProcessor.from_pretrained(self.ct2_dir, local_files_only=True)
         if self.processor.tokenizer.pad_token is None:
             self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
@@ -143,7 +157,7 @@ class Ct2Whisper:
                     head.append(lang)
             elif lang_to_id:  # transformers detects the language per clip: so does CT2
                 tok = self.processor.tokenizer
-                for head, ranked in zip(heads, self.model.detect_language(features), strict=True):
+                for head, ranked in zip(heads, self.decoder_model.detect_language(features), strict=True):
                     head.append(int(tok.convert_tokens_to_ids(ranked[0][0])))
             task_to_id = getattr(gen, "task_to_id", None) or {}
             if task not in task_to_id:
@@ -184,7 +198,9 @@ class Ct2Whisper:
 
         ctranslate2 = _ctranslate2()
         if self.encoder == "ctranslate2":
-            return ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32))
+            mels = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32))
+            # one instance: generate encodes; two: the encoder's instance encodes, the decoder's generates
+            return mels if self.decoder_model is self.model else self.model.encode(mels)
         model, _ = self._transformers()
         with torch.inference_mode():
             states = model.model.encoder(torch.from_numpy(feats).to(model.device, model.dtype)).last_hidden_state
@@ -194,7 +210,7 @@ class Ct2Whisper:
         """CT2 ``generate``, token ids in the tokenizer's numbering (a pruned vocabulary is mapped both ways)."""
         if self.ids is not None:
             prompts, suppress = [self.ids.to_model(p) for p in prompts], self.ids.to_model(suppress)
-        out = self.model.generate(features, prompts, suppress_tokens=suppress, **options)
+        out = self.decoder_model.generate(features, prompts, suppress_tokens=suppress, **options)
         seqs = [[int(t) for t in res.sequences_ids[0]] for res in out]
         return [self.ids.from_model(seq) for seq in seqs] if self.ids is not None else seqs
 

@@ -336,8 +336,8 @@ def evaluate_manifest(cfg, manifest: Path, model_paths: list[Path], out: Path) -
     from components.artifacts import write_json_atomic
 
     eval_set = load_manifest(manifest)
-    forms = [load_form(p, p.name if list(model_paths).count(p) == 1 else f"{p.name}_{i}")
-             for i, p in enumerate(model_paths)]
+    forms = [load_form(p, p.name if list(model_paths).count(p) == 1 else f"{p.name}_{i}",
+                       ct2_decode_threads=cfg.ct2_decode_threads) for i, p in enumerate(model_paths)]
     result: dict[str, Any] = {"manifest": str(manifest), "forms": {}}
     with tqdm(total=len(forms), desc="evaluate", unit="model", dynamic_ncols=True) as bar:
         for form in forms:
@@ -354,7 +354,7 @@ def transcribe_files(cfg, model_path: Path, audio_paths: list[Path]) -> list[tup
     """``askd transcribe``: ``(path, text)`` per audio file (any length: chunked long-form)."""
     from components.audio import decode_audio
 
-    form = load_form(model_path)
+    form = load_form(model_path, ct2_decode_threads=cfg.ct2_decode_threads)
     audios = [decode_audio(p)[0] for p in audio_paths]
     outs = form.decode(audios, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                        num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction,

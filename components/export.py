@@ -103,12 +103,16 @@ def _load_torch_int8(path: Path):
 
 
 def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "ctranslate2",
-              fallback_dir: str | Path | None = None) -> Form:
-    """A :class:`Form` from a transformers Whisper folder, a torch_int8 export or a CTranslate2 export."""
+              fallback_dir: str | Path | None = None, ct2_decode_threads: int = 0) -> Form:
+    """A :class:`Form` from a transformers Whisper folder, a torch_int8 export or a CTranslate2 export.
+
+    ``ct2_decode_threads`` (CT2 exports; 0 = the encoder's thread count): threads of the decoder steps.
+    """
     path = Path(path)
     name = name or path.name
     source = {"path": str(path), "name": name, "ct2_encoder": ct2_encoder,
-              "fallback_dir": None if fallback_dir is None else str(fallback_dir)}
+              "fallback_dir": None if fallback_dir is None else str(fallback_dir),
+              "ct2_decode_threads": int(ct2_decode_threads)}
     if (path / EXPORT_MANIFEST).is_file():
         model, processor, params = _load_torch_int8(path)
         return Form(name, "torch_int8", path, processor, model=model, params=params, bytes=folder_bytes(path),
@@ -121,9 +125,11 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
         manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
         compute = manifest.get("quantization", "float32")
         encoder = ct2_encoder if fallback_dir is not None else "ctranslate2"
-        engine = Ct2Whisper(path, compute_type=compute, fallback_dir=fallback_dir, encoder=encoder)
+        engine = Ct2Whisper(path, compute_type=compute, fallback_dir=fallback_dir, encoder=encoder,
+                            decode_threads=ct2_decode_threads)
         params = int(manifest.get("params", 0))
-        info = {"ct2_encoder": encoder}
+        info = {"ct2_encoder": encoder, "ct2_threads": {"encoder": engine.intra_threads,
+                                                        "decoder": engine.decode_threads}}
         if engine.ids is not None:
             info.update(kept_tokens=len(engine.ids.keep), vocab_size=int(manifest.get("vocab_size", 0)))
         return Form(name, f"ct2_{compute}" + ("_vocab" if engine.ids is not None else ""), path, engine.processor,
@@ -141,7 +147,7 @@ def load_form(path: str | Path, name: str | None = None, *, ct2_encoder: str = "
 
 
 def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ctranslate2",
-                vocab_texts: list[str] | None = None) -> Form:
+                vocab_texts: list[str] | None = None, ct2_decode_threads: int = 0) -> Form:
     """Export ``base`` (a transformers form) as ``kind`` into ``exports_dir/<name>-<kind>`` and load it.
 
     ``vocab_texts``: the training label texts whose tokens a ``torch_vocab`` export keeps.
@@ -167,7 +173,8 @@ def make_export(base: Form, kind: str, exports_dir: Path, ct2_encoder: str = "ct
                 export_ct2_vocab(base.path, tmp, None, quantization=quantization)
             else:
                 export_ct2(base.path, tmp, quantization=quantization)
-    form = load_form(out, f"{base.name}_{kind}", ct2_encoder=ct2_encoder, fallback_dir=base.path)
+    form = load_form(out, f"{base.name}_{kind}", ct2_encoder=ct2_encoder, fallback_dir=base.path,
+                     ct2_decode_threads=ct2_decode_threads)
     form.params = form.params or base.params
     return form
 
@@ -190,7 +197,8 @@ def build_forms(cfg, models: dict[str, Path], vocab_texts: list[str] | None = No
         for kind in kinds:
             key = f"{base.name}_{kind}"
             try:
-                forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder, vocab_texts))
+                forms.append(make_export(base, kind, exports_dir, cfg.ct2_encoder, vocab_texts,
+                                         cfg.ct2_decode_threads))
                 status[key] = "ok"
             except (ImportError, ValueError, RuntimeError, OSError) as err:
                 status[key] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"

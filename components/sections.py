@@ -313,6 +313,10 @@ class EvalSettings(_Section):
     ct2_encoder: Literal["ctranslate2", "torch"] = Field(
         "ctranslate2", description="who runs a CT2 export's encoder (ctranslate2 = the export alone)"
     )
+    ct2_decode_threads: int = Field(
+        1, ge=0, description="threads of a CT2 export's decoder steps, every CT2 form alike (0 = the encoder's, "
+        "torch's thread count): batch-1 steps are chains of tiny matrix products that extra threads slow down"
+    )
     speed_set: str = "test"
     speed_clips: int = Field(8, ge=0, description="0 = no speed measurement")
     speed_batch_size: int = Field(8, ge=1, description="serving batch size (batch 1 is always measured)")

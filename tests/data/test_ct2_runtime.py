@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from components.ct2_export import MANIFEST_FILE, ensure_ct2, export_ct2, model_fingerprint
 from components.ct2_runtime import Ct2Whisper
@@ -202,3 +203,19 @@ def test_multilingual_base_forced_and_detected_language(tmp_path_factory, piper_
     for language in ("en", None):
         ref = generate_tokens(model, processor, audios, batch_size=3, language=language, max_new_tokens=64)
         assert engine.generate_tokens(audios, batch_size=3, language=language, max_new_tokens=64) == ref
+
+
+def test_decoder_on_its_own_threads_decodes_the_same_tokens(tiny_ct2_dir, speech_clips):
+    """decode_threads != intra_threads: the encoder's instance encodes, a second instance runs the decoder steps."""
+    audios = [c.audio for c in speech_clips[:3]] + _noise_clips((0.7,))
+    one = Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=2)
+    split = Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=2, decode_threads=1)
+    same = Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=2, decode_threads=2)
+    assert one.decoder_model is one.model and same.decoder_model is same.model  # one instance when nothing differs
+    assert split.decoder_model is not split.model and (split.intra_threads, split.decode_threads) == (2, 1)
+    torch_threads = torch.get_num_threads()
+    Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=1)
+    assert torch.get_num_threads() == torch_threads  # loading a 1-thread CT2 model once left torch on 1 thread
+    for batch_size in (1, 4):
+        ref = one.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7)
+        assert split.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7) == ref

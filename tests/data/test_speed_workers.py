@@ -81,3 +81,17 @@ def test_unknown_isolation_is_rejected_before_any_work(speed_forms, speed_audios
         measure_speed(speed_forms, speed_audios, _cfg(), isolation="thread")
     with pytest.raises(Exception, match="speed_isolation"):
         EvalSettings(speed_isolation="thread")
+
+
+def test_ct2_decode_threads_reach_the_export_and_its_worker(tmp_path, speed_forms, speed_audios):
+    """evaluate.ct2_decode_threads: the CT2 form runs its decoder on that many threads, in the worker too."""
+    student = speed_forms[1]
+    split = make_export(student, "ct2_int8", tmp_path, ct2_decode_threads=1)
+    assert split.info["ct2_threads"]["decoder"] == 1 and split.source["ct2_decode_threads"] == 1
+    assert split.engine.decoder_model is not split.engine.model or split.engine.intra_threads == 1
+    assert speed_forms[2].source["ct2_decode_threads"] == 0  # the default of load_form: the encoder's count
+    cfg = _cfg(speed_rounds=1, speed_protocols=("natural",))
+    split.name = "student_ct2_int8"
+    tokens = lambda s: {k: v["tokens"] for k, v in s["forms"]["student_ct2_int8"].items()}  # noqa: E731
+    assert tokens(measure_speed([speed_forms[0], split], speed_audios, cfg)) == tokens(
+        measure_speed([speed_forms[0], speed_forms[2]], speed_audios, cfg))
