@@ -214,8 +214,12 @@ def test_decoder_on_its_own_threads_decodes_the_same_tokens(tiny_ct2_dir, speech
     assert one.decoder_model is one.model and same.decoder_model is same.model  # one instance when nothing differs
     assert split.decoder_model is not split.model and (split.intra_threads, split.decode_threads) == (2, 1)
     torch_threads = torch.get_num_threads()
-    Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=1)
-    assert torch.get_num_threads() == torch_threads  # loading a 1-thread CT2 model once left torch on 1 thread
+    torch.set_num_threads(2)
+    try:
+        Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=1)
+        assert torch.get_num_threads() == 2  # loading a 1-thread CT2 model once left torch on 1 thread
+    finally:
+        torch.set_num_threads(torch_threads)
     for batch_size in (1, 4):
         ref = one.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7)
         assert split.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7) == ref

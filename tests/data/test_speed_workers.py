@@ -91,7 +91,6 @@ def test_ct2_decode_threads_reach_the_export_and_its_worker(tmp_path, speed_form
     assert split.engine.decoder_model is not split.engine.model or split.engine.intra_threads == 1
     assert speed_forms[2].source["ct2_decode_threads"] == 0  # the default of load_form: the encoder's count
     cfg = _cfg(speed_rounds=1, speed_protocols=("natural",))
-    split.name = "student_ct2_int8"
     tokens = lambda s: {k: v["tokens"] for k, v in s["forms"]["student_ct2_int8"].items()}  # noqa: E731
     assert tokens(measure_speed([speed_forms[0], split], speed_audios, cfg)) == tokens(
         measure_speed([speed_forms[0], speed_forms[2]], speed_audios, cfg))
