@@ -97,15 +97,17 @@ class Ct2Whisper:
         self.compute_type = compute_type
         torch_threads = torch.get_num_threads()
         self.intra_threads = int(intra_threads or torch_threads)
-        self.model = ctranslate2.models.Whisper(
-            str(self.ct2_dir), device="cpu", compute_type=compute_type, intra_threads=self.intra_threads
-        )
         # decode_threads: the greedy decoder steps on their own thread count (a second instance of the model),
         # the encoder keeps intra_threads. A batch-1 step is a chain of tiny matrix products; on the 2-core Xeon
         # (MKL, GNU OpenMP) two threads made a step 2.7x slower than one (3.36 vs 1.23 ms), see README.
+        # With encoder="torch" CT2 only decodes: one instance, on decode_threads.
         self.decode_threads = int(decode_threads) if decode_threads else self.intra_threads
+        self.model = ctranslate2.models.Whisper(
+            str(self.ct2_dir), device="cpu", compute_type=compute_type,
+            intra_threads=self.decode_threads if encoder == "torch" else self.intra_threads,
+        )
         self.decoder_model = self.model
-        if self.decode_threads != self.intra_threads:
+        if encoder == "ctranslate2" and self.decode_threads != self.intra_threads:
             self.decoder_model = ctranslate2.models.Whisper(
                 str(self.ct2_dir), device="cpu", compute_type=compute_type, intra_threads=self.decode_threads
             )

@@ -205,7 +205,7 @@ def test_multilingual_base_forced_and_detected_language(tmp_path_factory, piper_
         assert engine.generate_tokens(audios, batch_size=3, language=language, max_new_tokens=64) == ref
 
 
-def test_decoder_on_its_own_threads_decodes_the_same_tokens(tiny_ct2_dir, speech_clips):
+def test_decoder_on_its_own_threads_decodes_the_same_tokens(tiny_whisper_dir, tiny_ct2_dir, speech_clips):
     """decode_threads != intra_threads: the encoder's instance encodes, a second instance runs the decoder steps."""
     audios = [c.audio for c in speech_clips[:3]] + _noise_clips((0.7,))
     one = Ct2Whisper(tiny_ct2_dir, encoder="ctranslate2", intra_threads=2)
@@ -220,6 +220,11 @@ def test_decoder_on_its_own_threads_decodes_the_same_tokens(tiny_ct2_dir, speech
         assert torch.get_num_threads() == 2  # loading a 1-thread CT2 model once left torch on 1 thread
     finally:
         torch.set_num_threads(torch_threads)
+    # the transformers encoder feeds CT2: CT2 only decodes, so one instance on decode_threads
+    torch_enc = Ct2Whisper(tiny_ct2_dir, encoder="torch", fallback_dir=tiny_whisper_dir, intra_threads=2,
+                           decode_threads=1)
+    assert torch_enc.decoder_model is torch_enc.model
     for batch_size in (1, 4):
         ref = one.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7)
         assert split.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7) == ref
+        assert torch_enc.generate_tokens(audios, batch_size=batch_size, max_new_tokens=7) == ref
