@@ -140,6 +140,15 @@ def stage_synth() -> None:
     data_synth()
 
 
+@stage_app.command("real_speech")
+def stage_real_speech() -> None:
+    """DVC stage `real_speech`: the test_real set of real human speech (Debian's Asterisk prompts)."""
+    cfg = settings()
+    from components.real_speech import build_real_speech
+
+    _run_stage("real_speech", build_real_speech, cfg.real_speech)
+
+
 @stage_app.command("prepare")
 def stage_prepare() -> None:
     """DVC stage `prepare`: ingest, validate (count/skip/list bad clips), resample and split audio."""
@@ -174,7 +183,7 @@ def stage_evaluate() -> None:
     from components.evaluate import run_evaluate
 
     _run_stage("evaluate", run_evaluate, cfg.evaluate, cfg.teacher.out_dir, cfg.train.out_dir, cfg.prepare.out_dir,
-               cfg.label.out_dir)
+               cfg.label.out_dir, cfg.real_speech.out_dir)
 
 
 def _gate() -> None:

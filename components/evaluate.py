@@ -168,6 +168,27 @@ def load_prepared_sets(prepared_dir: Path, names, max_clips: int | None = None) 
     return sets, missing
 
 
+def load_test_sets(dataset_dirs: list[Path], names, max_clips: int | None = None) -> tuple[list[EvalSet], list[str]]:
+    """Each named set from the first of ``dataset_dirs`` that has it (the prepared data, then real_speech's);
+    also the names none of them has. A folder that does not exist yet is skipped."""
+    found: dict[str, EvalSet] = {}
+    for folder in dataset_dirs:
+        wanted = [n for n in names if n not in found]
+        if wanted and (Path(folder) / "dataset_dict.json").is_file():
+            found.update({s.name: s for s in load_prepared_sets(folder, wanted, max_clips)[0]})
+    if not (Path(dataset_dirs[0]) / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"no prepared dataset at '{dataset_dirs[0]}' (run the prepare stage first)")
+    return [found[n] for n in names if n in found], [n for n in names if n not in found]
+
+
+def drop_training_overlap(eval_set: EvalSet, training_texts: set[str]) -> tuple[EvalSet, int]:
+    """``eval_set`` without the clips whose normalised text is a normalised training transcript; and how many."""
+    keep = [i for i, ref in enumerate(eval_set.references) if normalize(ref) not in training_texts]
+    kept = EvalSet(eval_set.name, [eval_set.ids[i] for i in keep], [eval_set.audios[i] for i in keep],
+                   [eval_set.references[i] for i in keep])
+    return kept, len(eval_set.ids) - len(keep)
+
+
 def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
@@ -285,25 +306,55 @@ def training_label_texts(labels_dir: Path | None, split: str = "train") -> list[
     return [str(t) for t in labelled[split]["teacher_text"]]
 
 
+def training_texts(labels_dir: Path | None, split: str = "train") -> set[str]:
+    """Normalised transcripts the student trains on: references and teacher labels of the label stage's ``split``."""
+    if labels_dir is None or not (Path(labels_dir) / "dataset_dict.json").is_file():
+        return set()
+    from datasets import load_from_disk
+
+    labelled = load_from_disk(str(labels_dir))
+    if split not in labelled:
+        return set()
+    columns = [c for c in ("text", "teacher_text") if c in labelled[split].column_names]
+    return {normalize(str(t)) for c in columns for t in labelled[split][c]} - {""}
+
+
+def _disjoint_sets(sets: list[EvalSet], labels_dir: Path | None) -> tuple[list[EvalSet], dict[str, int]]:
+    """Every set without clips whose text the student trained on; the number dropped per set."""
+    texts = training_texts(labels_dir)
+    out, dropped = [], {}
+    for s in sets:
+        kept, dropped[s.name] = drop_training_overlap(s, texts)
+        if kept.ids:
+            out.append(kept)
+    return out, dropped
+
+
 def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
-                 labels_dir: Path | None = None) -> dict[str, Any]:
+                 labels_dir: Path | None = None, real_dir: Path | None = None) -> dict[str, Any]:
     """The DVC stage: evaluate, measure speed, write metrics/eval.json, the report and the plots.
 
-    ``labels_dir`` (the label stage's output) gives the pruned-vocabulary exports (``torch_vocab``,
-    ``ct2_int8_vocab``) the tokens they keep.
+    Sets come from the prepared data, then from ``real_dir`` (the real_speech stage's ``test_real``); clips whose
+    text is a training transcript of ``labels_dir`` (the label stage's output) are dropped and counted. The labels
+    also give the pruned-vocabulary exports (``torch_vocab``, ``ct2_int8_vocab``) the tokens they keep.
     """
     from components.artifacts import write_metrics
     from components.report import write_predictions, write_report
     from components.speed import measure_speed, speed_sample
 
     started = time.perf_counter()
-    sets, missing = load_prepared_sets(prepared_dir, cfg.sets, cfg.max_clips)
+    sets, missing = load_test_sets([Path(prepared_dir), *([Path(real_dir)] if real_dir else [])], cfg.sets,
+                                   cfg.max_clips)
+    sets, overlap = _disjoint_sets(sets, labels_dir)
+    missing += [name for name, n in overlap.items() if n and name not in {s.name for s in sets}]
     if not sets:
-        raise ValueError(f"none of the evaluate.sets {list(cfg.sets)} is in the prepared dataset '{prepared_dir}'")
+        raise ValueError(f"none of the evaluate.sets {list(cfg.sets)} is in the prepared dataset '{prepared_dir}'"
+                         + (f" or in '{real_dir}'" if real_dir else ""))
     wants_vocab = any(k.endswith("_vocab") for k in (*cfg.exports, *cfg.teacher_exports))
     forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)},
                                        training_label_texts(labels_dir) if wants_vocab else None)
-    results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status}
+    results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status,
+                               "training_overlap_dropped": overlap}
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(forms) * len(sets), desc="evaluate", unit="set", dynamic_ncols=True) as bar:
         for form in forms:

@@ -120,6 +120,9 @@ def render(info: dict[str, Any]) -> str:
         out.append(f"- synthetic English speech: {synth.get('n_train')} train / {synth.get('n_validation')} validation "
                    f"/ {synth.get('n_test')} test clips (Piper), {synth.get('n_test_ood')} out-of-domain (espeak-ng), "
                    f"{synth.get('n_test_longform')} long-form")
+    if "test_real" in ((settings.get("evaluate") or {}).get("sets") or ()):
+        out.append("- test_real: real human speech, the Asterisk English prompts (one professional voice, 16 kHz "
+                   "G.722; CC-BY-SA 3.0, Digium), never trained on")
     out.append(f"- labels: pseudo-labels by the teacher `{teacher.get('model', 'unknown')}` "
                f"({_fmt(teacher.get('params'))} parameters)")
     out += ["", "## Training recipe", "", *_recipe(settings), "",

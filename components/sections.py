@@ -74,6 +74,22 @@ class SynthSettings(_Section):
         return self
 
 
+class RealSpeechSettings(_Section):
+    """Stage `real_speech`: the `test_real` set (Debian's Asterisk English prompts, real speech, CC-BY-SA 3.0)."""
+
+    transcripts: Path = Field(Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"),
+                              description="`name: text` lines (Debian package asterisk-core-sounds-en)")
+    audio_dir: Path = Field(Path("/usr/share/asterisk/sounds/en"),
+                            description="the prompts' audio (asterisk-core-sounds-en-g722: 16 kHz G.722)")
+    audio_extensions: tuple[str, ...] = Field(("g722", "wav"), min_length=1, description="tried in order")
+    out_dir: Path = Path("data/real")
+    max_clips: int | None = Field(120, ge=1, description="a seeded subset of N prompts (null = all)")
+    seed: int = 0
+    min_duration_s: float = Field(0.2, ge=0)
+    max_duration_s: float = Field(120.0, gt=0)
+    silence_threshold_dbfs: float = -60.0
+
+
 class PrepareSettings(_Section):
     """Ingest, validate and split audio into a `datasets` dataset."""
 
@@ -288,7 +304,8 @@ class TrainSettings(_Section):
 class EvalSettings(_Section):
     """Stage `evaluate` (components/evaluate.py, speed.py, report.py): every form, same decode settings."""
 
-    sets: tuple[str, ...] = Field(("test", "test_ood", "test_longform"), description="prepared test splits")
+    sets: tuple[str, ...] = Field(("test", "test_ood", "test_longform", "test_real"),
+                                  description="test splits of the prepared data or of real_speech")
     batch_size: int = Field(16, ge=1, description="decode batch size (length-sorted)")
     num_beams: int = Field(1, ge=1)
     max_new_tokens: int = Field(128, ge=1, le=444, description="per window (long-form: per chunk)")
@@ -335,7 +352,7 @@ class GateSettings(_Section):
     candidate: str = Field("student", description="the form to promote (a key of eval.json forms)")
     reference: str = "teacher"
     max_wer_delta_points: dict[str, float] = Field(
-        default_factory=lambda: {"test": 2.0, "test_ood": 3.0, "test_longform": 5.0},
+        default_factory=lambda: {"test": 2.0, "test_ood": 3.0, "test_longform": 5.0, "test_real": 3.0},
         description="candidate WER - reference WER, percentage points, per set (a missing set fails)",
     )
     min_speedup: float = Field(1.5, gt=0, description="reference seconds / candidate seconds")

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from components.sections import (  # noqa: F401  (re-exported: the tree's section classes)
     TeacherSettings,
     SynthSettings,
+    RealSpeechSettings,
     PrepareSettings,
     LabelSettings,
     StudentSettings,
@@ -41,7 +42,7 @@ ENV_PREFIX = "ASKD_"
 # Every profile lists every one of these sections ({} = no change): each DVC stage tracks only its own
 # section of the selected profile (``profiles.${profile}.<section>`` in dvc.yaml), so changing the `full`
 # profile's training overrides reruns `train`, not the hours of synthesis and labelling before it.
-PROFILE_SECTIONS = ("teacher", "synth", "prepare", "label", "train", "evaluate", "gate", "registry")
+PROFILE_SECTIONS = ("teacher", "synth", "real_speech", "prepare", "label", "train", "evaluate", "gate", "registry")
 
 
 class SettingsError(ValueError):
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     profiles: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     teacher: TeacherSettings = TeacherSettings()
     synth: SynthSettings = SynthSettings()
+    real_speech: RealSpeechSettings = RealSpeechSettings()
     prepare: PrepareSettings = PrepareSettings()
     label: LabelSettings = LabelSettings()
     train: TrainSettings = TrainSettings()

@@ -32,6 +32,17 @@ def prepare_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def real_speech_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """test_real: clips kept and skipped by reason, and the clip-length distribution."""
+    d = m.get("durations") or {}
+    rows = [{"figure": "kept", "value": m.get("kept")}, {"figure": "skipped", "value": m.get("skipped")}]
+    rows += [{"figure": f"skipped: {r}", "value": n} for r, n in sorted((m.get("skipped_by_reason") or {}).items())]
+    rows += [{"figure": k, "value": d.get(k)} for k in ("hours", "mean_s", "p50_s", "p90_s", "max_s")]
+    rows += [{"figure": f"share longer than {w} s", "value": v}
+             for w, v in sorted((d.get("share_longer_than_s") or {}).items(), key=lambda kv: float(kv[0]))]
+    return rows
+
+
 def label_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     """Per split: clips, labelled, kept, each drop reason, the teacher's WER vs the references."""
     rows = []
@@ -119,13 +130,17 @@ def publish(stage: str, project_dir: str | Path, log=print) -> list[str]:
     metrics = _load(metrics_file)
     keys: list[str] = []
     if metrics is None:
-        if stage in ("prepare", "label", "evaluate", "gate", "register"):
+        if stage in ("real_speech", "prepare", "label", "evaluate", "gate", "register"):
             log(f"no {metrics_file} : no artifact for stage {stage}")
         return keys
     if stage == "prepare":
         create_table_artifact(prepare_rows(metrics), key="askd-prepare-counts",
                               description=f"prepare: clips and hours per split, skipped clips by reason ({root})")
         keys.append("askd-prepare-counts")
+    elif stage == "real_speech":
+        create_table_artifact(real_speech_rows(metrics), key="askd-real-speech",
+                              description="real_speech: test_real clips kept, skipped by reason, clip lengths")
+        keys.append("askd-real-speech")
     elif stage == "label":
         create_table_artifact(label_rows(metrics), key="askd-label-counts",
                               description="label: clips kept and dropped by the WER / hallucination filter")

@@ -61,6 +61,27 @@ def eval_prepared_dir(tmp_path_factory, piper_clips) -> Path:
 
 
 @pytest.fixture(scope="module")
+def real_dir(tmp_path_factory) -> Path:
+    """test_real with 2 real prompts (the installed Asterisk packages), as the real_speech stage writes it."""
+    import gzip
+
+    from components.real_speech import build_real_speech
+    from components.settings import RealSpeechSettings
+
+    root = tmp_path_factory.mktemp("real")
+    transcripts = root / "core-sounds-en.txt.gz"
+    with gzip.open(transcripts, "wt") as fh:
+        fh.write("activated: Activated.\nagent-pass: Please enter your password followed by the pound key.\n")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        build_real_speech(RealSpeechSettings(transcripts=transcripts, out_dir=root / "real", max_clips=None))
+    finally:
+        os.chdir(cwd)
+    return root / "real"
+
+
+@pytest.fixture(scope="module")
 def tiny_student_dir(tmp_path_factory, tiny_whisper_dir) -> Path:
     """The tiny random Whisper with a 5 s encoder window (a shortened-window 'student')."""
     from components.train.student import shorten_window
@@ -162,24 +183,27 @@ def test_cli_evaluate_manifest_and_transcribe(tmp_path, monkeypatch, piper_clips
     assert [line.split("\t")[0] for line in lines] == ["a0.wav", "a1.wav"]
 
 
-def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, tiny_whisper_dir, tiny_student_dir):
+def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, real_dir, tiny_whisper_dir,
+                                   tiny_student_dir):
     pytest.importorskip("ctranslate2")
     monkeypatch.chdir(tmp_path)
     cfg = EvalSettings(max_new_tokens=8, batch_size=4, speed_clips=2, speed_rounds=2, speed_batch_size=2,
                        exports=("torch_int8", "ct2_int8"), exports_dir=tmp_path / "exports",
                        reports_dir=tmp_path / "reports")
-    summary = run_evaluate(cfg, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir)
+    summary = run_evaluate(cfg, tiny_whisper_dir, tiny_student_dir, eval_prepared_dir, real_dir=real_dir)
     assert summary["exports"] == {"student_torch_int8": "ok", "student_ct2_int8": "ok", "teacher_ct2_int8": "ok"}
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     forms = metrics["forms"]
     assert set(forms) == {"teacher", "student", "student_torch_int8", "student_ct2_int8", "teacher_ct2_int8"}
     assert metrics["missing_sets"] == []
     for form in forms.values():
-        assert set(form["sets"]) == {"test", "test_ood", "test_longform"}
+        assert set(form["sets"]) == {"test", "test_ood", "test_longform", "test_real"}
         for m in form["sets"].values():
             assert {"wer", "cer", "insertion_rate", "empty_rate", "repeated_ngram_rate", "hallucination_rate"} <= set(m)
     assert forms["teacher"]["window_s"] == 30 and forms["student_ct2_int8"]["window_s"] == STUDENT_WINDOW_S
     assert [forms[f]["sets"]["test"]["clips"] for f in forms] == [3] * 5
+    assert [forms[f]["sets"]["test_real"]["clips"] for f in forms] == [2] * 5
+    assert metrics["training_overlap_dropped"] == {"test": 0, "test_ood": 0, "test_longform": 0, "test_real": 0}
     # the ~20 s clip fits the teacher's window but is chunked for every 5 s form
     assert forms["teacher"]["sets"]["test_longform"]["chunked_clips"] == 0
     assert forms["teacher_ct2_int8"]["sets"]["test_longform"]["chunked_clips"] == 0
@@ -208,12 +232,12 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, tin
     for png in ("eval_wer.png", "eval_wer_vs_speed.png"):
         assert (tmp_path / "reports" / png).read_bytes()[:8] == PNG_MAGIC
     with (tmp_path / "reports" / "eval_predictions.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 5 * 6
+        assert len(list(csv.DictReader(fh))) == 5 * 8
     assert load_form(tmp_path / "exports" / "student-torch_int8").kind == "torch_int8"
     assert load_form(tmp_path / "exports" / "student-ct2_int8").kind == "ct2_int8"
 
     decision = decide(metrics, GateSettings())
-    assert len(decision["checks"]) == 7 and all(line.split()[0] in {"PASS", "FAIL"} for line in decision["checks"])
+    assert len(decision["checks"]) == 9 and all(line.split()[0] in {"PASS", "FAIL"} for line in decision["checks"])
 
 
 def test_prepared_dataset_without_test_sets_is_a_clear_error(tmp_path, prepared_speech_dir):

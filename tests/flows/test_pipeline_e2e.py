@@ -21,6 +21,7 @@ from tests.flows.conftest import artifacts_of, dvc, git_dvc_init, make_register_
 TINY = {
     "synth": {"n_train": 4, "n_validation": 2, "n_test": 2, "n_test_ood": 2, "n_test_longform": 1,
               "longform_min_s": 6.0, "longform_max_s": 9.0, "workers": 1},
+    "real_speech": {"max_clips": 3},
     "label": {"wer_threshold_percent": 100.0, "max_new_tokens": 64, "shard_size": 2},
     "train": {"optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "lr": 0.0003},
               "eval_every_steps": 2, "eval_max_clips": 2, "save_every_steps": 2, "early_stopping_patience": None},
@@ -28,9 +29,10 @@ TINY = {
                  "speed_protocols": ["natural"], "speed_isolation": "runtime"},  # 2 timing workers, not 4
     "registry": {"enabled": True, "max_attempts": 3},
 }
-STAGES = ["teacher", "synth", "prepare", "label", "train", "evaluate", "gate", "register"]
+STAGES = ["teacher", "synth", "real_speech", "prepare", "label", "train", "evaluate", "gate", "register"]
 PASSING_GATE = ["gate.min_speedup=0.001", "gate.max_hallucination_rate=100", "gate.max_wer_delta_points.test=1000",
-                "gate.max_wer_delta_points.test_ood=1000", "gate.max_wer_delta_points.test_longform=1000"]
+                "gate.max_wer_delta_points.test_ood=1000", "gate.max_wer_delta_points.test_longform=1000",
+                "gate.max_wer_delta_points.test_real=1000"]
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
     assert label["splits"]["train"]["labelled"] == 4 and label["splits"]["validation"]["labelled"] == 2
 
     found = artifacts_of(state.state_details.flow_run_id)
-    assert {"askd-params", "askd-prepare-counts", "askd-label-counts", "askd-eval-wer", "askd-eval-speed",
+    assert {"askd-params", "askd-real-speech", "askd-prepare-counts", "askd-label-counts", "askd-eval-wer", "askd-eval-speed",
             "askd-eval-plots", "askd-gate"} <= set(found), sorted(found)
     prepare_rows = {r["split"]: r for r in _table(found["askd-prepare-counts"])}
     assert prepare_rows["train"]["clips"] == 4 and prepare_rows["test_longform"]["clips"] == 1
@@ -86,8 +88,11 @@ def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
     assert (root / "reports" / "evaluation.md").is_file()
     label_rows = {r["split"]: r for r in _table(found["askd-label-counts"])}
     assert label_rows["train"]["labelled"] == 4 and "dropped_wer" in label_rows["train"]
+    real_rows = {r["figure"]: r["value"] for r in _table(found["askd-real-speech"])}
+    assert real_rows["kept"] == 3 and real_rows["skipped"] == 0 and real_rows["max_s"] > 0
     wer_rows = _table(found["askd-eval-wer"])
-    assert {(r["form"], r["set"]) for r in wer_rows} >= {("student", "test"), ("teacher", "test_ood")}
+    assert {(r["form"], r["set"]) for r in wer_rows} >= {("student", "test"), ("teacher", "test_ood"),
+                                                         ("student", "test_real"), ("teacher", "test_real")}
     assert all(isinstance(r["wer"], (int, float)) for r in wer_rows)
     assert any(r["form"] == "student" and r["speedup"] for r in _table(found["askd-eval-speed"]))
     assert "data:image/png;base64," in found["askd-eval-plots"].data
@@ -126,6 +131,6 @@ def test_distill_pipeline_end_to_end(prefect_api, pipeline_project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = dvc("repro", cwd=root)
     assert "Running stage 'label'" in third.stdout
-    assert not any(f"Running stage '{s}'" in third.stdout for s in ("teacher", "synth", "prepare"))
+    assert not any(f"Running stage '{s}'" in third.stdout for s in ("teacher", "synth", "real_speech", "prepare"))
     if "Running stage 'train'" not in third.stdout:  # labels unchanged (threshold 100 -> 50 kept the same clips)
         assert "Running stage 'evaluate'" not in third.stdout

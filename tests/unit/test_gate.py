@@ -14,7 +14,7 @@ from components.gate import decide, run_gate
 from components.settings import GateSettings
 
 REPO = Path(__file__).resolve().parents[2]
-SETS = ("test", "test_ood", "test_longform")
+SETS = ("test", "test_ood", "test_longform", "test_real")
 
 
 def _set(wer: float, halluc: float = 0.0) -> dict:
@@ -25,9 +25,10 @@ def _set(wer: float, halluc: float = 0.0) -> dict:
 GOOD = {
     "forms": {
         "teacher": {"kind": "transformers", "sets": {"test": _set(8.0), "test_ood": _set(30.0),
-                                                     "test_longform": _set(6.0)}},
+                                                     "test_longform": _set(6.0), "test_real": _set(12.0)}},
         "student": {"kind": "transformers", "sets": {"test": _set(9.5), "test_ood": _set(32.5),
-                                                     "test_longform": _set(10.0, halluc=2.0)}},
+                                                     "test_longform": _set(10.0, halluc=2.0),
+                                                     "test_real": _set(14.5)}},
     },
     "speed": {"speedup": {"student": {"natural_b1": 2.0, "fixed_b1": 1.8, "natural_b8": 2.1}}},
 }
@@ -44,13 +45,14 @@ def _fails(decision) -> list[str]:
 def test_good_metrics_pass_with_a_line_per_check():
     d = decide(GOOD, _cfg())
     assert d["passed"] is True and d["reasons"] == []
-    # 3 WER deltas + 1 speed-up + 3 hallucination checks, each one PASS line
-    assert len(d["checks"]) == 7 and all(line.startswith("PASS ") for line in d["checks"])
+    # 4 WER deltas + 1 speed-up + 4 hallucination checks, each one PASS line
+    assert len(d["checks"]) == 9 and all(line.startswith("PASS ") for line in d["checks"])
     assert any("test_ood wer_delta_points = 2.500 (threshold <= 3.0)" in line for line in d["checks"])
 
 
 @pytest.mark.parametrize(("set_name", "student_wer", "limit"), [("test", 10.5, 2.0), ("test_ood", 33.5, 3.0),
-                                                                 ("test_longform", 11.5, 5.0)])
+                                                                 ("test_longform", 11.5, 5.0),
+                                                                 ("test_real", 15.5, 3.0)])
 def test_wer_delta_over_threshold_fails_naming_set_value_threshold(set_name, student_wer, limit):
     m = copy.deepcopy(GOOD)
     m["forms"]["student"]["sets"][set_name]["wer"] = student_wer
@@ -108,7 +110,7 @@ def test_every_failure_is_listed_at_once():
         m["forms"]["student"]["sets"][s]["hallucination_rate"] = 40.0
     m["speed"]["speedup"]["student"]["natural_b1"] = 0.9
     d = decide(m, _cfg())
-    assert len(d["reasons"]) == 7 and len(d["details"]) == 7
+    assert len(d["reasons"]) == 9 and len(d["details"]) == 9
     assert all(not c["ok"] and c["set"] and c["metric"] and c["threshold"] is not None for c in d["details"])
 
 
