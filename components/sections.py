@@ -34,6 +34,27 @@ class TeacherSettings(_Section):
         return v
 
 
+class AugmentSettings(_Section):
+    """Recording conditions given to a share of the synthetic training clips (components/augment.py)."""
+
+    fraction: float = Field(0.0, ge=0, le=1, description="share of train clips given recording conditions (0 = off)")
+    conditions: tuple[Literal["speed", "reverb", "noise", "telephone"], ...] = ("speed", "reverb", "noise", "telephone")
+    condition_probability: float = Field(0.4, ge=0, le=1, description="each condition's chance (at least one applies)")
+    speed_min: float = Field(0.9, gt=0)
+    speed_max: float = Field(1.1, gt=0)
+    rt60_s_min: float = Field(0.15, gt=0, description="reverberation time range, seconds")
+    rt60_s_max: float = Field(0.8, gt=0)
+    snr_db_min: float = Field(5.0, description="background noise, signal-to-noise ratio range")
+    snr_db_max: float = Field(20.0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentSettings:
+        for lo, hi in [("speed_min", "speed_max"), ("rt60_s_min", "rt60_s_max"), ("snr_db_min", "snr_db_max")]:
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo}={getattr(self, lo)} must be <= {hi}={getattr(self, hi)}")
+        return self
+
+
 class SynthSettings(_Section):
     """The embedded default corpus: offline synthetic English speech, deterministic by seed."""
 
@@ -58,6 +79,10 @@ class SynthSettings(_Section):
     snr_db_min: float = Field(25.0, description="added Gaussian noise, signal-to-noise ratio range")
     snr_db_max: float = Field(45.0)
     espeak_voices: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp")
+    extra_voices: tuple[Literal["flite-slt", "flite-rms", "flite-awb", "flite-kal16"], ...] = Field(
+        ("flite-slt", "flite-rms", "flite-awb", "flite-kal16"), description="other training voices (Debian flite)")
+    extra_voice_fraction: float = Field(0.0, ge=0, le=1, description="share of train clips an extra voice speaks")
+    augment: AugmentSettings = AugmentSettings()
     workers: int = Field(2, ge=1, le=64)
 
     @model_validator(mode="after")

@@ -3,12 +3,15 @@
 Sentences come from Debian's ``fortunes`` (:mod:`components.sentences`), split into text-disjoint pools.
 
 * ``train`` / ``validation`` / ``test``: Piper 'joe', per-clip length_scale and noise_scale, light
-  Gaussian noise at a random SNR.
+  Gaussian noise at a random SNR; a share ``augment.fraction`` of the train clips also gets recording conditions
+  (speed, room reverberation, background noise, telephone line: :mod:`components.augment`), and a share
+  ``extra_voice_fraction`` is spoken by one of ``extra_voices`` (Flite's four speakers) instead of Piper.
 * ``test_ood``: espeak-ng voices (cycled), varied rate and pitch: a hard out-of-domain set.
 * ``test_longform``: Piper sentences joined with ~0.3 s gaps into clips of longform_min_s..max_s.
 
 Output (``cfg.out_dir``): ``audio/<split>/<id>.wav`` (16 kHz mono PCM_16) and one ``metadata.csv``
-(``file_name,text,speaker,split,voice,duration_s``; ``voice`` is the engine, ``piper`` or ``espeak-ng``).
+(``file_name,text,speaker,split,voice,duration_s,conditions``; ``voice`` is the engine, ``piper``, ``flite`` or ``espeak-ng``;
+``conditions`` the applied recording conditions joined by ``+``, empty for none).
 
 Determinism: every random choice derives from ``cfg.seed``; per-clip RNGs are seeded from
 (seed, split, index). Piper's own noise comes from ONNX Runtime random ops seeded at session creation,
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from components.artifacts import atomic_dir, write_json_atomic, write_metrics
+from components.augment import Conditions, apply_conditions, draw_conditions
 from components.sentences import NotEnoughSentencesError, assign_splits, load_sentences
 from components.settings import SynthSettings
 from components.tts import SAMPLE_RATE_HZ
@@ -47,7 +51,9 @@ SYNTH_FORMAT_VERSION = 1  # bump when the audio recipe changes, so old partial f
 SPLITS = ("train", "validation", "test", "test_ood", "test_longform")
 #: sentence pools are cut in this order: evaluation pools stay fixed when only n_train changes
 POOL_ORDER = ("test", "test_ood", "test_longform", "validation", "train")
-METADATA_COLUMNS = ("file_name", "text", "speaker", "split", "voice", "duration_s")
+METADATA_COLUMNS = ("file_name", "text", "speaker", "split", "voice", "duration_s", "conditions")
+AUGMENT_STREAM = 11  # augmentation and extra-voice draws use their own seeded streams: turning them on changes
+VOICE_STREAM = 12    # no other draw
 CHUNK_CLIPS = 16  # clips per fresh, seeded Piper session (resume granularity too)
 PIPER_SPEAKER = "piper-joe"
 PIPER_NOISE_W_SCALE = 0.8  # Piper's phoneme-duration noise (its default)
@@ -78,6 +84,7 @@ class ClipPlan:
     espeak_pitch: int = 0
     longform_min_s: float = 0.0
     longform_max_s: float = 0.0
+    conditions: Conditions | None = None
 
 
 @dataclass(frozen=True)
@@ -159,11 +166,21 @@ def plan_clips(cfg: SynthSettings, pools: dict[str, list[str]]) -> list[ChunkJob
                 texts = tuple(pool[i * per_longform : (i + 1) * per_longform])
             else:
                 texts = (pool[i],)
+            engine, speaker = "piper", PIPER_SPEAKER
+            if split == "train" and cfg.extra_voice_fraction > 0 and cfg.extra_voices:
+                voice_rng = _rng(cfg.seed, s_idx, i, VOICE_STREAM)
+                if voice_rng.random() < cfg.extra_voice_fraction:
+                    speaker = cfg.extra_voices[int(voice_rng.integers(len(cfg.extra_voices)))]
+                    engine = speaker.split("-", 1)[0]
+            if split == "train" and cfg.augment.fraction > 0:
+                aug_rng = _rng(cfg.seed, s_idx, i, AUGMENT_STREAM)
+                if aug_rng.random() < cfg.augment.fraction:
+                    common["conditions"] = draw_conditions(aug_rng, cfg.augment)
             clips.append(
                 ClipPlan(
                     texts=texts,
-                    engine="piper",
-                    speaker=PIPER_SPEAKER,
+                    engine=engine,
+                    speaker=speaker,
                     length_scale=float(rng.uniform(cfg.length_scale_min, cfg.length_scale_max)),
                     noise_scale=float(rng.uniform(cfg.noise_scale_min, cfg.noise_scale_max)),
                     snr_db=float(rng.uniform(cfg.snr_db_min, cfg.snr_db_max)),
@@ -243,7 +260,7 @@ def run_chunk(job: ChunkJob, work_dir: str) -> list[dict[str, Any]]:
 
     Writes each wav, then ``done/<chunk_id>.json`` with the chunk's metadata rows; returns the rows.
     """
-    from components.tts import espeak_say, load_piper_voice, piper_say_with
+    from components.tts import espeak_say, flite_say, load_piper_voice, piper_say_with
 
     work = Path(work_dir)
     voice = None
@@ -254,6 +271,9 @@ def run_chunk(job: ChunkJob, work_dir: str) -> list[dict[str, Any]]:
         rng = _rng(clip.noise_seed)
         if clip.split == "test_longform":
             clean, text = _longform(voice, clip, rng)
+        elif clip.engine == "flite":
+            text = clip.texts[0]
+            clean = flite_say(text, clip.speaker.removeprefix("flite-"), clip.length_scale)
         elif clip.engine == "espeak-ng":
             text = clip.texts[0]
             clean = espeak_say(text, clip.espeak_voice, clip.espeak_wpm, clip.espeak_pitch)
@@ -262,6 +282,8 @@ def run_chunk(job: ChunkJob, work_dir: str) -> list[dict[str, Any]]:
             clean = piper_say_with(voice, text, clip.length_scale, clip.noise_scale, PIPER_NOISE_W_SCALE)
         if clean.size == 0:
             raise RuntimeError(f"{clip.engine} produced no audio for clip {clip.clip_id}: {text!r}")
+        if clip.conditions is not None:
+            clean = apply_conditions(clean, clip.conditions, _rng(clip.noise_seed, AUGMENT_STREAM))
         audio = finish_audio(clean, clip.snr_db, rng)
         file_name = f"audio/{clip.split}/{clip.clip_id}.wav"
         _write_wav(work / file_name, audio)
@@ -273,6 +295,7 @@ def run_chunk(job: ChunkJob, work_dir: str) -> list[dict[str, Any]]:
                 "split": clip.split,
                 "voice": clip.engine,
                 "duration_s": round(audio.size / SAMPLE_RATE_HZ, 3),
+                "conditions": "+".join(clip.conditions.names) if clip.conditions else "",
             }
         )
     write_json_atomic(work / "done" / f"{job.chunk_id}.json", rows)
@@ -362,6 +385,12 @@ def synthesize(cfg: SynthSettings) -> dict[str, Any]:
     jobs = plan_clips(cfg, pools)
     if cfg.n_test_ood:
         _check_espeak(tuple(dict.fromkeys(cfg.espeak_voices)))
+    if cfg.extra_voice_fraction > 0 and any(v.startswith("flite-") for v in cfg.extra_voices):
+        from components.tts import flite_available
+
+        if not flite_available():
+            raise FileNotFoundError("synth.extra_voices: flite is not installed (apt-get install flite); "
+                                    "or set synth.extra_voice_fraction=0")
 
     out_dir = Path(cfg.out_dir)
     digest = settings_hash(cfg, jobs)
@@ -404,6 +433,8 @@ def synthesize(cfg: SynthSettings) -> dict[str, Any]:
         "hours_total": round(sum(audio_s.values()) / 3600, 4),
         "mean_duration_s": {s: round(audio_s[s] / clips[s], 2) for s in SPLITS if clips.get(s)},
         "voices": dict(sorted(Counter(r["speaker"] for r in rows).items())),
+        "conditions": dict(sorted(Counter(c for r in rows for c in (r.get("conditions") or "").split("+") if c).items())),
+        "clips_with_conditions": sum(bool(r.get("conditions")) for r in rows),
         "workers": cfg.workers,
         "seconds": round(seconds, 1),
         "clips_per_s": round((len(rows) - reused) / seconds, 3) if seconds > 0 else None,

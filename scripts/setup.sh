@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what a fresh Debian/Ubuntu machine lacks for whisper-askd, into ./.venv. Idempotent.
-#   apt: FFmpeg 5.1 shared libraries (torchcodec decodes audio through them), espeak-ng + sox (voices),
+#   apt: FFmpeg 5.1 shared libraries (torchcodec decodes audio through them), espeak-ng + flite + sox (voices),
 #        fortunes (the embedded corpus's sentence source), git, the Asterisk English prompts (test_real: real
 #        human speech, 16 kHz G.722 audio + transcripts, CC-BY-SA 3.0).
 #   pip: requirements.txt (exact pins) constrained by constraints.txt (the whole resolved set).
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libavcodec59 libavformat59 libavutil57 libavdevice59 libavfilter8 libswscale6 libswresample4
-              espeak-ng sox fortunes fortunes-min git asterisk-core-sounds-en-g722 asterisk-core-sounds-en)
+              espeak-ng flite sox fortunes fortunes-min git asterisk-core-sounds-en-g722 asterisk-core-sounds-en)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

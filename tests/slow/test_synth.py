@@ -64,7 +64,7 @@ def test_layout_metadata_and_audio(corpus) -> None:
     root, metrics = corpus
     out = root / "data" / "synth"
     columns, rows = _read_metadata(out)
-    assert columns == ["file_name", "text", "speaker", "split", "voice", "duration_s"]
+    assert columns == ["file_name", "text", "speaker", "split", "voice", "duration_s", "conditions"]
     assert {s: sum(r["split"] == s for r in rows) for s in SIZES} == SIZES
     assert sorted(p.name for p in out.iterdir()) == ["audio", "metadata.csv"]
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.wav")) == sorted(r["file_name"] for r in rows)
