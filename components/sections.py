@@ -82,6 +82,9 @@ class SynthSettings(_Section):
     extra_voices: tuple[Literal["flite-slt", "flite-rms", "flite-awb", "flite-kal16"], ...] = Field(
         ("flite-slt", "flite-rms", "flite-awb", "flite-kal16"), description="other training voices (Debian flite)")
     extra_voice_fraction: float = Field(0.0, ge=0, le=1, description="share of train clips an extra voice speaks")
+    extra_texts: tuple[Literal["dialogue", "numbers"], ...] = Field(
+        ("dialogue", "numbers"), description="other training text (chatterbot-corpus dialogue, num2words numbers)")
+    extra_text_fraction: float = Field(0.0, ge=0, le=1, description="share of train clips reading an extra text")
     augment: AugmentSettings = AugmentSettings()
     workers: int = Field(2, ge=1, le=64)
 

@@ -5,7 +5,9 @@ Sentences come from Debian's ``fortunes`` (:mod:`components.sentences`), split i
 * ``train`` / ``validation`` / ``test``: Piper 'joe', per-clip length_scale and noise_scale, light
   Gaussian noise at a random SNR; a share ``augment.fraction`` of the train clips also gets recording conditions
   (speed, room reverberation, background noise, telephone line: :mod:`components.augment`), and a share
-  ``extra_voice_fraction`` is spoken by one of ``extra_voices`` (Flite's four speakers) instead of Piper.
+  ``extra_voice_fraction`` is spoken by one of ``extra_voices`` (Flite's four speakers) instead of Piper, and a
+  share ``extra_text_fraction`` reads a dialogue line or a numbers sentence instead of a fortune
+  (:mod:`components.text_sources`; the evaluation pools stay fortunes, text-disjoint).
 * ``test_ood``: espeak-ng voices (cycled), varied rate and pitch: a hard out-of-domain set.
 * ``test_longform``: Piper sentences joined with ~0.3 s gaps into clips of longform_min_s..max_s.
 
@@ -54,6 +56,7 @@ POOL_ORDER = ("test", "test_ood", "test_longform", "validation", "train")
 METADATA_COLUMNS = ("file_name", "text", "speaker", "split", "voice", "duration_s", "conditions")
 AUGMENT_STREAM = 11  # augmentation and extra-voice draws use their own seeded streams: turning them on changes
 VOICE_STREAM = 12    # no other draw
+TEXT_STREAM = 13
 CHUNK_CLIPS = 16  # clips per fresh, seeded Piper session (resume granularity too)
 PIPER_SPEAKER = "piper-joe"
 PIPER_NOISE_W_SCALE = 0.8  # Piper's phoneme-duration noise (its default)
@@ -132,9 +135,28 @@ def sentence_pools(cfg: SynthSettings, sentences: list[str] | None = None) -> di
         ) from None
 
 
+def with_extra_texts(cfg: SynthSettings, pools: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The pools with a seeded share ``extra_text_fraction`` of the train sentences replaced by extra texts."""
+    if cfg.extra_text_fraction <= 0 or not cfg.extra_texts or not pools.get("train"):
+        return pools
+    from components.text import normalize
+    from components.text_sources import extra_sentences
+
+    s_idx = SPLITS.index("train")
+    chosen = [i for i in range(len(pools["train"]))
+              if _rng(cfg.seed, s_idx, i, TEXT_STREAM).random() < cfg.extra_text_fraction]
+    held_out = {normalize(t) for split, texts in pools.items() if split != "train" for t in texts}
+    extra = extra_sentences(cfg.extra_texts, len(chosen), cfg.min_words, cfg.max_words, cfg.seed, held_out)
+    train = list(pools["train"])
+    for i, sentence in zip(chosen, extra):
+        train[i] = sentence
+    return {**pools, "train": train}
+
+
 def plan_clips(cfg: SynthSettings, pools: dict[str, list[str]]) -> list[ChunkJob]:
     """Turn sentence pools into seeded clip plans grouped into :data:`CHUNK_CLIPS`-sized chunks."""
     jobs: list[ChunkJob] = []
+    pools = with_extra_texts(cfg, pools)
     per_longform = longform_sentences_per_clip(cfg)
     for s_idx, split in enumerate(SPLITS):
         pool = pools[split]
