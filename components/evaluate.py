@@ -339,7 +339,7 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
     also give the pruned-vocabulary exports (``torch_vocab``, ``ct2_int8_vocab``) the tokens they keep.
     """
     from components.artifacts import write_metrics
-    from components.report import write_predictions, write_report
+    from components.report import clip_lengths, write_predictions, write_report
     from components.speed import measure_speed, speed_sample
 
     started = time.perf_counter()
@@ -353,8 +353,10 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
     wants_vocab = any(k.endswith("_vocab") for k in (*cfg.exports, *cfg.teacher_exports))
     forms, export_status = build_forms(cfg, {"teacher": Path(teacher_dir), "student": Path(student_dir)},
                                        training_label_texts(labels_dir) if wants_vocab else None)
+    windows_s = [f.window_samples / SAMPLE_RATE_HZ for f in forms]
     results: dict[str, Any] = {"forms": {}, "missing_sets": missing, "exports": export_status,
-                               "training_overlap_dropped": overlap}
+                               "training_overlap_dropped": overlap,
+                               "set_lengths": {s.name: clip_lengths(s.durations_s, windows_s) for s in sets}}
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(forms) * len(sets), desc="evaluate", unit="set", dynamic_ncols=True) as bar:
         for form in forms:

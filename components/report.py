@@ -166,6 +166,29 @@ def _findings(results: dict[str, Any], measure: str = "natural_b1", flag_rate: f
     return out or ["* only the teacher was evaluated."]
 
 
+def clip_lengths(durations_s: list[float], windows_s: list[float]) -> dict[str, Any]:
+    """Clip-length distribution of a set: quantiles, and the share of clips longer than each model window
+    (those go through the long-form path for that window)."""
+    import numpy as np
+
+    d = np.asarray(durations_s, dtype=float)
+    if d.size == 0:
+        return {"clips": 0}
+    return {"clips": int(d.size), "mean_s": round(float(d.mean()), 2),
+            **{f"p{q}_s": round(float(np.percentile(d, q)), 2) for q in (50, 90)}, "max_s": round(float(d.max()), 2),
+            "share_longer_than_window": {f"{w:g}": round(float((d > w).mean()), 4) for w in sorted(set(windows_s))}}
+
+
+def _length_lines(lengths: dict[str, Any]) -> list[str]:
+    windows = sorted({w for m in lengths.values() for w in (m.get("share_longer_than_window") or {})}, key=float)
+    header = ["set", "clips", "mean (s)", "median (s)", "p90 (s)", "max (s)"] + [f"> {w} s window" for w in windows]
+    rows = [[name, m.get("clips"), m.get("mean_s"), m.get("p50_s"), m.get("p90_s"), m.get("max_s")]
+            + [f"{100 * (m.get('share_longer_than_window') or {}).get(w, 0):.1f} %" for w in windows]
+            for name, m in lengths.items()]
+    return ["## Clip lengths per set", "", "A clip longer than a form's window is cut into pieces (long-form path).",
+            ""] + _table(header, rows)
+
+
 def write_report(results: dict[str, Any], reports_dir: Path) -> list[Path]:
     """Write ``evaluation.md`` and the two PNGs into ``reports_dir``; returns the paths."""
     reports_dir = Path(reports_dir)
@@ -191,6 +214,8 @@ def write_report(results: dict[str, Any], reports_dir: Path) -> list[Path]:
     if results.get("wer_delta_points"):
         lines += ["WER difference to the teacher (percentage points):", ""]
         lines += _table(["form"] + sets, [[n] + [d.get(s) for s in sets] for n, d in results["wer_delta_points"].items()])
+    if results.get("set_lengths"):
+        lines += _length_lines(results["set_lengths"])
     lines += ["## Hallucination proxies per set (% )", "",
               "insertion = inserted words / reference words; empty = clips with no word; repeated = clips repeating "
               f"more than {proto['hallucination']['repetition_threshold']:.0%} of their word 3-grams; hallucination = "

@@ -204,6 +204,9 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, rea
     assert [forms[f]["sets"]["test"]["clips"] for f in forms] == [3] * 5
     assert [forms[f]["sets"]["test_real"]["clips"] for f in forms] == [2] * 5
     assert metrics["training_overlap_dropped"] == {"test": 0, "test_ood": 0, "test_longform": 0, "test_real": 0}
+    lengths = metrics["set_lengths"]
+    assert lengths["test_longform"]["share_longer_than_window"] == {"5": 1.0, "30": 0.0}
+    assert lengths["test_real"]["clips"] == 2 and 0 < lengths["test_real"]["p50_s"] <= lengths["test_real"]["max_s"]
     # the ~20 s clip fits the teacher's window but is chunked for every 5 s form
     assert forms["teacher"]["sets"]["test_longform"]["chunked_clips"] == 0
     assert forms["teacher_ct2_int8"]["sets"]["test_longform"]["chunked_clips"] == 0
@@ -227,7 +230,8 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, rea
     assert proto["packages"]["torch"] and proto["hardware"]["torch_threads"] >= 1
 
     report = (tmp_path / "reports" / "evaluation.md").read_text()
-    for needle in ("test_longform", "student_ct2_int8", "speed-up fixed_b1", "eval_wer.png", "Same runtime"):
+    for needle in ("test_longform", "student_ct2_int8", "speed-up fixed_b1", "eval_wer.png", "Same runtime",
+                   "Clip lengths per set", "> 5 s window"):
         assert needle in report
     for png in ("eval_wer.png", "eval_wer_vs_speed.png"):
         assert (tmp_path / "reports" / png).read_bytes()[:8] == PNG_MAGIC
