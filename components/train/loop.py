@@ -46,7 +46,7 @@ from components.train.data import (
     plan_packs,
 )
 from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
-from components.train.losses import distillation_loss, loss_weights
+from components.train.losses import distillation_loss, loss_weights, stage_b_summary
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, label_logits, shorten_window, teacher_for_training
 from components.train.teacher_states import filled_teacher_states
@@ -55,7 +55,8 @@ from components.whisper_io import generate_tokens, load_whisper
 
 STEP_LOG = Path("metrics/train_steps.csv")
 EVAL_LOG = Path("metrics/train_eval.csv")
-STEP_FIELDS = ["step", "loss", "ce", "kl", "self_kd", "feature", "alpha", "beta", "w_ce", "lr", "grad_norm"]
+STEP_FIELDS = ["step", "loss", "ce", "kl", "self_kd", "feature", "self_kd_share", "alpha", "beta", "w_ce", "lr",
+               "grad_norm"]
 EVAL_FIELDS = ["step", "val_wer", "teacher_val_wer"]
 WINDOW_MARGIN_S = 0.2  # clips must fit the encoder window with this margin
 
@@ -418,6 +419,7 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
         "teacher_val_window_s": cfg.student.window_s,
         "stopped_early": stopped_early,
         "preset_loss": cfg.askd.model_dump(mode="json"),
+        "stage_b": stage_b_summary(step_log),  # the self-teacher term's share of the loss in stage B
         "student": {k: v for k, v in report.items() if k != "mapping"},
         "vocab": None if kv is None else kv.stats(teacher_tokens, train_tokens, align),  # null: the whole vocabulary
         "data": {"train": train_stats, "validation": val_stats, "eval_clips": len(val_audio)},

@@ -197,7 +197,8 @@ def distillation_loss(
     part is 0.0); CE is always computed and reported. A term with weight > 0 and no input raises ``ValueError``.
     ``self_logits`` may be a ``(logits, valid_mask)`` pair (``PreviousEpochTargets.logits_for``): the self-KD
     term then averages over label positions that are also valid (0 if there are none).
-    ``parts`` = ``{"ce", "kl", "self_kd", "feature", "total", "n_tokens"}``.
+    ``parts`` = ``{"ce", "kl", "self_kd", "feature", "total", "self_kd_share", "n_tokens"}``; ``self_kd_share`` is
+    the weighted self-teacher term's share of the total, ``w.self_kd * KD(self) / total`` (0 outside stage B).
     """
     logits = student_out if isinstance(student_out, torch.Tensor) else student_out.logits
     mask = labels != IGNORE_INDEX
@@ -229,5 +230,19 @@ def distillation_loss(
         total = total + weights.feature * feat
         parts["feature"] = float(feat.detach())
     parts["total"] = float(total.detach())
+    parts["self_kd_share"] = weights.self_kd * parts["self_kd"] / parts["total"] if parts["total"] > 0 else 0.0
     parts["n_tokens"] = int(mask.sum())
     return total, parts
+
+
+def stage_b_summary(step_log: list[dict[str, Any]], share_floor: float = 0.1) -> dict[str, Any]:
+    """How much the self-teacher's term weighed in stage B (the logged steps with beta > 0): its mean and median
+    share of the loss, the share of those steps where it was at least ``share_floor``, and its last KL value."""
+    rows = [r for r in step_log if (r.get("beta") or 0) > 0 and r.get("self_kd_share") is not None]
+    if not rows:
+        return {"steps": 0}
+    shares = sorted(float(r["self_kd_share"]) for r in rows)
+    return {"steps": len(rows), "mean_self_kd_share": round(sum(shares) / len(shares), 4),
+            "median_self_kd_share": round(shares[len(shares) // 2], 4),
+            f"steps_with_share_ge_{share_floor:g}": round(sum(x >= share_floor for x in shares) / len(shares), 4),
+            "last_self_kd": round(float(rows[-1]["self_kd"]), 6)}

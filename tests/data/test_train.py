@@ -73,6 +73,9 @@ def test_distill_runs_and_writes_everything(tmp_path, monkeypatch, tiny_whisper_
     assert float(first["alpha"]) == pytest.approx(0.9) and float(first["beta"]) == 0
     assert float(last["alpha"]) == pytest.approx(0.1) and float(last["beta"]) == pytest.approx(0.5)
     assert float(last["self_kd"]) > 0  # stage B really ran the EMA self-teacher
+    assert float(first["self_kd_share"]) == 0 and 0 < float(last["self_kd_share"]) < 1
+    stage_b = json.loads((tmp_path / "metrics" / "train.json").read_text())["stage_b"]
+    assert stage_b["steps"] >= 1 and 0 < stage_b["mean_self_kd_share"] < 1
     from components.whisper_io import load_whisper
 
     model, processor = load_whisper(tmp_path / "student")

@@ -121,6 +121,7 @@ def test_weighted_total_skips_zero_terms_and_checks_inputs():
     # self-KD with the teacher as self-teacher doubles the KL part
     total2, parts2 = distillation_loss(s, t, t, labels, LossWeights(0.0, 0.5, 0.5, 0.0), temp)
     assert total2.item() == pytest.approx(kl_hand, rel=1e-5) and parts2["ce"] == pytest.approx(ce_hand, rel=1e-6)
+    assert parts2["self_kd_share"] == pytest.approx(0.5) and parts["self_kd_share"] == 0.0  # half of the loss
     # zero-weight terms are not computed: missing inputs are fine, present-but-needed ones are not
     distillation_loss(s, None, None, labels, LossWeights(1.0, 0.0, 0.0, 0.0), temp)
     with pytest.raises(ValueError, match="teacher_logits"):
@@ -294,7 +295,7 @@ def test_on_a_real_whisper_student(tiny_whisper_dir):
     total, parts = distillation_loss(s_out, t_out.logits, self_logits, labels, LossWeights(0.4, 0.3, 0.2, 0.1), 2.0,
                                      teacher_hidden=t_out.decoder_hidden_states, mapping={0: 0})
     assert torch.isfinite(total) and parts["n_tokens"] == 5 and parts["self_kd"] == pytest.approx(0.0, abs=1e-6)
-    assert all(v > 0 for k, v in parts.items() if k not in ("self_kd",)), parts
+    assert all(v > 0 for k, v in parts.items() if k not in ("self_kd", "self_kd_share")), parts
     total.backward()
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.1)
     opt.step()
@@ -307,3 +308,14 @@ def test_on_a_real_whisper_student(tiny_whisper_dir):
     assert remove_fake_quant(student, keep_quantized=True) == 10
     assert len(torch.unique(student.model.decoder.layers[0].fc1.weight)) <= 255
     assert not any("parametrizations" in k for k in student.state_dict())
+
+
+def test_stage_b_summary_counts_only_steps_with_a_self_teacher():
+    from components.train.losses import stage_b_summary
+
+    log = [{"beta": 0.0, "self_kd_share": 0.0, "self_kd": 0.0}] * 5 + [
+        {"beta": 0.2, "self_kd_share": x, "self_kd": x / 10} for x in (0.02, 0.08, 0.12, 0.3)]
+    summary = stage_b_summary(log)
+    assert summary["steps"] == 4 and summary["mean_self_kd_share"] == pytest.approx(0.13)
+    assert summary["steps_with_share_ge_0.1"] == 0.5 and summary["last_self_kd"] == pytest.approx(0.03)
+    assert stage_b_summary(log[:5]) == {"steps": 0}
