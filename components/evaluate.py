@@ -319,7 +319,7 @@ def training_texts(labels_dir: Path | None, split: str = "train") -> set[str]:
     return {normalize(str(t)) for c in columns for t in labelled[split][c]} - {""}
 
 
-def _disjoint_sets(sets: list[EvalSet], labels_dir: Path | None) -> tuple[list[EvalSet], dict[str, int]]:
+def disjoint_sets(sets: list[EvalSet], labels_dir: Path | None) -> tuple[list[EvalSet], dict[str, int]]:
     """Every set without clips whose text the student trained on; the number dropped per set."""
     texts = training_texts(labels_dir)
     out, dropped = [], {}
@@ -345,7 +345,7 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
     started = time.perf_counter()
     sets, missing = load_test_sets([Path(prepared_dir), *([Path(real_dir)] if real_dir else [])], cfg.sets,
                                    cfg.max_clips)
-    sets, overlap = _disjoint_sets(sets, labels_dir)
+    sets, overlap = disjoint_sets(sets, labels_dir)
     missing += [name for name, n in overlap.items() if n and name not in {s.name for s in sets}]
     if not sets:
         raise ValueError(f"none of the evaluate.sets {list(cfg.sets)} is in the prepared dataset '{prepared_dir}'"
