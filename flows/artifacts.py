@@ -14,6 +14,7 @@ from typing import Any
 
 EMBED_MAX_BYTES = 512 * 1024  # plots larger than this are linked by path only
 PLOTS = ("eval_wer.png", "eval_wer_vs_speed.png")
+TRAIN_PLOTS = ("train_curves.png",)
 METRICS_FILES = {"evaluate": "eval"}  # stage -> metrics/<name>.json where the names differ
 
 
@@ -81,6 +82,31 @@ def speed_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def train_rows(m: dict[str, Any], evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The validation WER at every evaluation step (``metrics/train_eval.csv``), then the run's summary rows."""
+    rows = [{"step": e.get("step"), "val_wer": _num(e.get("val_wer")), "teacher_val_wer": _num(e.get("teacher_val_wer"))}
+            for e in evals]
+    stage_b = m.get("stage_b") or {}
+    rows.append({"step": f"best @ {m.get('best_step')}", "val_wer": _num(m.get("best_val_wer_percent")),
+                 "teacher_val_wer": _num(m.get("teacher_val_wer_percent"))})
+    rows.append({"step": f"saved (steps {m.get('averaged_steps')})", "val_wer": _num(m.get("final_val_wer_percent")),
+                 "teacher_val_wer": None})
+    if stage_b.get("steps"):
+        rows.append({"step": f"stage B: self-teacher share of the loss, mean over {stage_b['steps']} steps",
+                     "val_wer": _num(stage_b.get("mean_self_kd_share"), 4), "teacher_val_wer": None})
+    return rows
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+    except (OSError, ValueError):
+        return []
+
+
 def gate_markdown(m: dict[str, Any]) -> str:
     verdict = "PASSED: the candidate may be registered" if m.get("passed") else "BLOCKED: the register stage is skipped"
     lines = [f"# Gate: {verdict}", "", f"candidate `{m.get('candidate')}` vs reference `{m.get('reference')}`", ""]
@@ -97,11 +123,11 @@ def register_markdown(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots_markdown(reports_dir: Path, embed: bool = True) -> str | None:
-    """The evaluation plots: path on the worker, and the PNG embedded as a data URI when small enough."""
-    parts = ["# Evaluation plots", ""]
+def plots_markdown(reports_dir: Path, embed: bool = True, names=PLOTS, title: str = "Evaluation plots") -> str | None:
+    """Plots of ``reports_dir``: path on the worker, and the PNG embedded as a data URI when small enough."""
+    parts = [f"# {title}", ""]
     found = False
-    for name in PLOTS:
+    for name in names:
         path = reports_dir / name
         if not path.is_file():
             continue
@@ -130,7 +156,7 @@ def publish(stage: str, project_dir: str | Path, log=print) -> list[str]:
     metrics = _load(metrics_file)
     keys: list[str] = []
     if metrics is None:
-        if stage in ("real_speech", "prepare", "label", "evaluate", "gate", "register"):
+        if stage in ("real_speech", "prepare", "label", "train", "evaluate", "gate", "register"):
             log(f"no {metrics_file} : no artifact for stage {stage}")
         return keys
     if stage == "prepare":
@@ -145,6 +171,16 @@ def publish(stage: str, project_dir: str | Path, log=print) -> list[str]:
         create_table_artifact(label_rows(metrics), key="askd-label-counts",
                               description="label: clips kept and dropped by the WER / hallucination filter")
         keys.append("askd-label-counts")
+    elif stage == "train":
+        create_table_artifact(train_rows(metrics, _csv_rows(root / "metrics" / "train_eval.csv")),
+                              key="askd-train-validation",
+                              description="train: validation WER per evaluation step, the saved weights, stage B")
+        keys.append("askd-train-validation")
+        curves = plots_markdown(root / "reports", names=TRAIN_PLOTS, title="Training curves")
+        if curves:
+            create_markdown_artifact(curves, key="askd-train-curves",
+                                     description="train: loss terms, ASKD weights, validation WER")
+            keys.append("askd-train-curves")
     elif stage == "evaluate":
         create_table_artifact(eval_rows(metrics), key="askd-eval-wer",
                               description="evaluate: WER / CER / hallucination rate per form and test set (percent)")

@@ -47,6 +47,7 @@ from components.train.data import (
 )
 from components.train.fake_quant import fake_quantize_linears, remove_fake_quant
 from components.train.losses import distillation_loss, loss_weights, stage_b_summary
+from components.train.plots import plot_training
 from components.train.self_teacher import EmaTeacher, PreviousEpochTargets, snapshot_teacher
 from components.train.student import init_student, label_logits, shorten_window, teacher_for_training
 from components.train.teacher_states import filled_teacher_states
@@ -439,5 +440,6 @@ def distill(cfg: TrainSettings, teacher_dir: Path, labelled_dir: Path) -> dict[s
             write_vocab_file(tmp, keep, int(final.config.vocab_size), f"train.student.vocab_top_ranks="
                              f"{cfg.student.vocab_top_ranks}")
         write_json_atomic(tmp / "training_report.json", metrics)
+    plot_training(step_log, history)
     write_metrics("train", {k: v for k, v in metrics.items() if k != "history"})
     return metrics

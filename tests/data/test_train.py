@@ -76,6 +76,7 @@ def test_distill_runs_and_writes_everything(tmp_path, monkeypatch, tiny_whisper_
     assert float(first["self_kd_share"]) == 0 and 0 < float(last["self_kd_share"]) < 1
     stage_b = json.loads((tmp_path / "metrics" / "train.json").read_text())["stage_b"]
     assert stage_b["steps"] >= 1 and 0 < stage_b["mean_self_kd_share"] < 1
+    assert (tmp_path / "reports" / "train_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from components.whisper_io import load_whisper
 
     model, processor = load_whisper(tmp_path / "student")
