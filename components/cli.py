@@ -242,21 +242,45 @@ def evaluate_cmd(
 @app.command("transcribe")
 def transcribe_cmd(
     audio: Annotated[list[Path], typer.Argument(help="audio files (any format FFmpeg/libsndfile decodes).")],
-    model: Annotated[Path, typer.Option(help="model folder: transformers, torch_vocab, torch_int8 or CT2 export.")],
+    model: Annotated[str, typer.Option(help="model or export folder, or a registry reference "
+                                            "<model_name>@<alias> / <model_name>:<version>.")],
+    fmt: Annotated[str, typer.Option("--format", help="text (path<TAB>text per file) | json (one object per "
+                                        "line, with segments) | srt | vtt")] = "text",
+    output_dir: Annotated[Path | None, typer.Option(help="write <name>.<format> per audio file here instead of "
+                                                         "printing (needed for srt/vtt with several files)")] = None,
 ) -> None:
-    """Print `path<TAB>transcript` per audio file (greedy; long clips decoded in chunks)."""
+    """Transcribe audio files with timed segments (greedy; long audio cut at pauses)."""
     cfg = settings()
     from components.audio import AudioDecodeError
-    from components.evaluate import transcribe_files
+    from components.inference import DecodeOptions, load_model
+    from components.transcript_formats import as_dict, render
 
+    if fmt not in ("text", "json", "srt", "vtt"):
+        fail(f"transcribe: --format {fmt!r} is not one of text, json, srt, vtt")
+    if fmt in ("srt", "vtt") and len(audio) > 1 and output_dir is None:
+        fail(f"transcribe: --format {fmt} with {len(audio)} files needs --output-dir (one subtitle file each)")
+    ev = cfg.evaluate
     try:
-        pairs = transcribe_files(cfg.evaluate, model, list(audio))
+        loaded = load_model(model, options=DecodeOptions(ev.num_beams, ev.max_new_tokens, ev.batch_size),
+                            registry_cfg=cfg.registry, ct2_decode_threads=ev.ct2_decode_threads)
+        results = loaded.transcribe_batch(list(audio))
     except (FileNotFoundError, ValueError, OSError, AudioDecodeError) as err:
         if os.environ.get("ASKD_DEBUG"):
             raise
         fail(f"transcribe: {err} (set ASKD_DEBUG=1 for a traceback)")
-    for path, text in pairs:
-        typer.echo(f"{path}\t{text}")
+    for path, result in zip(audio, results, strict=True):
+        if fmt == "text":
+            text = f"{path}\t{result.text}\n"
+        elif fmt == "json":
+            text = json.dumps({"path": str(path), **as_dict(result, verbose=True)}, ensure_ascii=False) + "\n"
+        else:
+            text = render(result, fmt)
+        if output_dir is not None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / f"{path.stem}.{'txt' if fmt == 'text' else fmt}").write_text(
+                text if fmt != "text" else result.text + "\n", encoding="utf-8")
+        else:
+            typer.echo(text, nl=False)
 
 
 @app.command("summary")

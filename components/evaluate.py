@@ -401,15 +401,3 @@ def evaluate_manifest(cfg, manifest: Path, model_paths: list[Path], out: Path) -
     result["protocol"] = protocol(cfg, forms)
     write_json_atomic(out, result)
     return {name: f["metrics"] for name, f in result["forms"].items()}
-
-
-def transcribe_files(cfg, model_path: Path, audio_paths: list[Path]) -> list[tuple[str, str]]:
-    """``askd transcribe``: ``(path, text)`` per audio file (any length: chunked long-form)."""
-    from components.audio import decode_audio
-
-    form = load_form(model_path, ct2_decode_threads=cfg.ct2_decode_threads)
-    audios = [decode_audio(p)[0] for p in audio_paths]
-    outs = form.decode(audios, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                       num_beams=cfg.num_beams, stride_fraction=cfg.longform_stride_fraction,
-                       longform=cfg.longform)
-    return [(str(p), text) for p, (_, text, _) in zip(audio_paths, outs, strict=True)]
