@@ -239,6 +239,32 @@ def evaluate_cmd(
     _run_stage("evaluate", evaluate_manifest, cfg.evaluate, manifest, list(model), out)
 
 
+@app.command("serve")
+def serve_cmd(
+    model: Annotated[str | None, typer.Option(help="model or export folder, or a registry reference "
+                                                   "(default: serve.model).")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
+) -> None:
+    """Serve the model over HTTP: OpenAI-compatible POST /v1/audio/transcriptions, GET /v1/models, GET /health."""
+    extra = [f"serve.{k}={v}" for k, v in (("model", model), ("host", host), ("port", port)) if v is not None]
+    cfg = settings(extra)
+    from components.inference import DecodeOptions, load_model
+    from components.serve import serve
+
+    ev = cfg.evaluate
+    try:
+        loaded = load_model(cfg.serve.model, options=DecodeOptions(ev.num_beams, ev.max_new_tokens, ev.batch_size),
+                            registry_cfg=cfg.registry, ct2_decode_threads=ev.ct2_decode_threads)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        if os.environ.get("ASKD_DEBUG"):
+            raise
+        fail(f"serve: {err} (set ASKD_DEBUG=1 for a traceback)")
+    console.print(f"serving {cfg.serve.model} ({loaded.form.kind}, {loaded.window_s:g} s window) on "
+                  f"http://{cfg.serve.host}:{cfg.serve.port}/v1/audio/transcriptions")
+    serve(loaded, cfg.serve, cfg.registry.model_name)
+
+
 @app.command("transcribe")
 def transcribe_cmd(
     audio: Annotated[list[Path], typer.Argument(help="audio files (any format FFmpeg/libsndfile decodes).")],

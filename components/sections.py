@@ -428,3 +428,15 @@ class RegistrySettings(_Section):
         if ".." in v.split("/"):
             raise ValueError("prefix must not contain '..'")
         return v
+
+
+class ServeSettings(_Section):
+    """`askd serve`: the OpenAI-compatible transcription server (components/serve.py)."""
+
+    model: str = Field("models/exports/student-ct2_int8", description="model/export folder or registry reference")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_mb: int = Field(25, ge=1, description="larger uploads get 413 (OpenAI's limit is 25 MB)")
+    max_duration_s: float = Field(300.0, gt=0, description="longer audio gets 413")
+    max_batch: int = Field(8, ge=1, description="concurrent requests decoded together (micro-batching)")
+    batch_wait_ms: float = Field(20.0, ge=0, description="how long the decoder waits to fill a batch")

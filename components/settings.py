@@ -35,6 +35,7 @@ from components.sections import (  # noqa: F401  (re-exported: the tree's sectio
     EvalSettings,
     GateSettings,
     RegistrySettings,
+    ServeSettings,
 )
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     evaluate: EvalSettings = EvalSettings()
     gate: GateSettings = GateSettings()
     registry: RegistrySettings = RegistrySettings()
+    serve: ServeSettings = ServeSettings()
     presets: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 

@@ -281,6 +281,19 @@ def teacher_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def windowed_dir(tmp_path_factory, teacher_dir) -> Path:
+    """tiny.en with a 10 s encoder window (a student's shape): real speech in, real text out, long audio cut."""
+    from components.train.student import shorten_window
+    from components.whisper_io import load_whisper
+
+    model, processor = shorten_window(*load_whisper(teacher_dir), 10)
+    out = tmp_path_factory.mktemp("windowed") / "student"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory, teacher_dir) -> Path:
     """A tiny random Whisper (d_model 32, 1 + 1 layers) with tiny.en's real processor and generation config."""
     import torch

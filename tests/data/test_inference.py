@@ -18,20 +18,7 @@ from components.transcript_formats import render
 from components.tts import SAMPLE_RATE_HZ
 
 REPO = Path(__file__).resolve().parents[2]
-WINDOW_S = 10
-
-
-@pytest.fixture(scope="module")
-def windowed_dir(tmp_path_factory, teacher_dir) -> Path:
-    """tiny.en with a 10 s encoder window: real speech in, real text out, long audio must be cut."""
-    from components.train.student import shorten_window
-    from components.whisper_io import load_whisper
-
-    model, processor = shorten_window(*load_whisper(teacher_dir), WINDOW_S)
-    out = tmp_path_factory.mktemp("windowed") / "student"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+WINDOW_S = 10  # tests/conftest.py windowed_dir
 
 
 @pytest.fixture(scope="module")
