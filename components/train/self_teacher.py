@@ -1,4 +1,4 @@
-"""Self-teachers of ASKD stage B (methods.md §1.4): what the student learns from once the teacher weight decays.
+"""Self-teachers of ASKD stage B (the ASKD / FastWhisper papers): what the student learns from once the teacher weight decays.
 
 ``ema`` (:class:`EmaTeacher`, an exponential moving average of the student), ``snapshot`` (:func:`snapshot_teacher`,
 a frozen copy taken at the phase change) or ``previous_epoch`` (:class:`PreviousEpochTargets`, the student's own

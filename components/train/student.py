@@ -13,7 +13,7 @@ Everything that is not a mapped layer (conv stem, positional embeddings, token e
 projection, final layer norms) is copied from the teacher unchanged. ``init_from`` (a trained student folder)
 takes the teacher's place as the source of layers and tensors, e.g. to cut 2 decoder layers from a trained 3.
 
-Shorter window (notes/teacher-import.md §7b): the encoder has one position per 20 ms of audio after the stride-2
+Shorter window: the encoder has one position per 20 ms of audio after the stride-2
 second convolution, i.e. ``ENCODER_POSITIONS_PER_S = 50`` positions and ``MEL_FRAMES_PER_S = 100`` log-mel frames
 per second. A ``window_s`` window keeps the first ``50 * window_s`` sinusoidal position embeddings, sets
 ``config.max_source_positions`` to that, and uses a feature extractor with ``chunk_length = window_s`` (so it pads
