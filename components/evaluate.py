@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from components.label_filter import repeated_ngram_fraction
 from components.export import build_forms, load_form
+from components.label_filter import repeated_ngram_fraction
 from components.speed import Form, chunk_spans, merge_chunk_tokens  # noqa: F401  (re-exported)
 from components.text import cer, normalize, wer
 from components.whisper_io import SAMPLE_RATE_HZ

@@ -83,9 +83,9 @@ def export_torch_vocab(model_dir: Path, out_dir: Path, texts: list[str] | None) 
 
 def _load_torch_int8(path: Path):
     import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     from components.vocab import apply_vocab_file
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     config = WhisperConfig.from_pretrained(path, local_files_only=True)
     model = WhisperForConditionalGeneration(config).eval()

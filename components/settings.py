@@ -23,19 +23,19 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from components.sections import (  # noqa: F401  (re-exported: the tree's section classes)
-    TeacherSettings,
-    SynthSettings,
-    RealSpeechSettings,
-    PrepareSettings,
-    LabelSettings,
-    StudentSettings,
-    OptimSettings,
     AskdSchedule,
-    TrainSettings,
     EvalSettings,
     GateSettings,
+    LabelSettings,
+    OptimSettings,
+    PrepareSettings,
+    RealSpeechSettings,
     RegistrySettings,
     ServeSettings,
+    StudentSettings,
+    SynthSettings,
+    TeacherSettings,
+    TrainSettings,
 )
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")

@@ -19,8 +19,6 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from components.settings import SettingsError
-
 REPO = Path(__file__).resolve().parents[2]
 HUGE_CLIP_S = 300  # five minutes: decoded, then skipped as too_long (prepare.max_duration_s = 30)
 

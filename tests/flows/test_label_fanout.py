@@ -34,10 +34,10 @@ def _snapshot(out: Path) -> tuple[list[dict[str, str]], dict[str, list]]:
 
 def test_fan_out_over_two_processes_equals_sequential(prefect_api, tmp_path, monkeypatch, tiny_whisper_dir,
                                                       speech_clips):
-    from components.label import plan_shards, pseudo_label
-    from components.settings import load_settings
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    from components.label import plan_shards, pseudo_label
+    from components.settings import load_settings
     from flows.label_fanout import assign_shards, label_fan_out
     from tests.conftest import make_prepared_dataset
 

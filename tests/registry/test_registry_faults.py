@@ -10,7 +10,6 @@ import pytest
 from components.registry import register
 from components.registry_ops import list_versions, promote, read_alias, show
 from components.registry_store import RegistryError, RegistryStore
-
 from tests.conftest import fault_seed
 
 from .conftest import REPO, fail_first

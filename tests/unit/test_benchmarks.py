@@ -20,9 +20,8 @@ def _positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory, tiny_whisper_dir, speech_clips):
-    from tests.conftest import make_prepared_dataset
-
     from benchmarks import run_all
+    from tests.conftest import make_prepared_dataset
 
     root = tmp_path_factory.mktemp("bench")
     prepared = make_prepared_dataset(root / "data", speech_clips)
@@ -226,10 +225,9 @@ def test_vocab_kept_set_re_decodes_only_the_clips_that_use_a_pruned_token(tmp_pa
     from datasets import Dataset, DatasetDict
 
     from benchmarks import vocab_kept_set
-    from tests.conftest import make_prepared_dataset
-
     from components.evaluate import load_prepared_sets
     from components.export import load_form
+    from tests.conftest import make_prepared_dataset
 
     prepared = make_prepared_dataset(tmp_path / "data", speech_clips)
     labels = tmp_path / "labelled"
