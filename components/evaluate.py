@@ -330,6 +330,28 @@ def disjoint_sets(sets: list[EvalSet], labels_dir: Path | None) -> tuple[list[Ev
     return out, dropped
 
 
+def write_model_cards(results: dict[str, Any], forms: list[Form], teacher_dir: Path, exports_dir: Path,
+                      reports_dir: Path) -> None:
+    """A model card (Hugging Face front matter + this run's WERs) in each student export folder (``README.md``)
+    and for the transformers student in ``reports/model_card.md``."""
+    import json
+
+    from components.artifacts import atomic_file
+    from components.model_card import export_card
+
+    try:
+        teacher_model = json.loads((teacher_dir / "teacher_info.json").read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError):
+        teacher_model = None
+    for form in forms:
+        if not form.name.startswith("student") or form.path is None:
+            continue
+        inside_exports = Path(exports_dir).resolve() in Path(form.path).resolve().parents
+        target = Path(form.path) / "README.md" if inside_exports else reports_dir / "model_card.md"
+        with atomic_file(target) as tmp:
+            tmp.write_text(export_card(form.name, results, teacher_model), encoding="utf-8")
+
+
 def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
                  labels_dir: Path | None = None, real_dir: Path | None = None) -> dict[str, Any]:
     """The DVC stage: evaluate, measure speed, write metrics/eval.json, the report and the plots.
@@ -379,6 +401,7 @@ def run_evaluate(cfg, teacher_dir: Path, student_dir: Path, prepared_dir: Path,
     write_predictions(reports_dir / "eval_predictions.csv", rows)
     write_report(results, reports_dir)
     write_metrics("eval", results)
+    write_model_cards(results, forms, Path(teacher_dir), Path(cfg.exports_dir), reports_dir)
     return {"wer": {n: {s: m["wer"] for s, m in f["sets"].items()} for n, f in results["forms"].items()},
             "speedup": results.get("speed", {}).get("speedup"), "exports": export_status,
             "missing_sets": missing, "seconds": results["seconds"]}

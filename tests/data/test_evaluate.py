@@ -237,6 +237,14 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, eval_prepared_dir, rea
         assert (tmp_path / "reports" / png).read_bytes()[:8] == PNG_MAGIC
     with (tmp_path / "reports" / "eval_predictions.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 5 * 8
+    import yaml
+
+    card = (tmp_path / "exports" / "student-ct2_int8" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["pipeline_tag"] == "automatic-speech-recognition" and meta["library_name"] == "ctranslate2"
+    results = {r["dataset"]["name"]: r["metrics"][0]["value"] for r in meta["model-index"][0]["results"]}
+    assert results == {s: forms["student_ct2_int8"]["sets"][s]["wer"] for s in forms["student_ct2_int8"]["sets"]}
+    assert "load_model" in card and (tmp_path / "reports" / "model_card.md").read_text().startswith("---\n")
     assert load_form(tmp_path / "exports" / "student-torch_int8").kind == "torch_int8"
     assert load_form(tmp_path / "exports" / "student-ct2_int8").kind == "ct2_int8"
 

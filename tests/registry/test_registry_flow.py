@@ -50,6 +50,11 @@ def test_cli_register_list_promote_pull_verify(project, tmp_path):
         assert heading in card
     assert "| student | test | 4 | 9.50 | 1.50 |" in card  # WER and delta vs teacher from eval.json
     assert "PASSED" in card
+    import yaml
+
+    meta = yaml.safe_load(card.split("---\n")[1])  # Hugging Face front matter
+    assert meta["base_model"] == "openai/whisper-tiny.en" and meta["license"] == "mit"
+    assert meta["model-index"][0]["results"][0]["metrics"][0] == {"type": "wer", "value": 9.5, "name": "WER (%)"}
     assert "- saved weights: the evaluation point with the lowest validation WER" in card  # average_best: 1
 
     verified = _cli(project, "registry", "verify", "1")
