@@ -170,14 +170,14 @@ def load_prepared_sets(prepared_dir: Path, names, max_clips: int | None = None) 
 
 def load_test_sets(dataset_dirs: list[Path], names, max_clips: int | None = None) -> tuple[list[EvalSet], list[str]]:
     """Each named set from the first of ``dataset_dirs`` that has it (the prepared data, then real_speech's);
-    also the names none of them has. A folder that does not exist yet is skipped."""
+    also the names none of them has. The first folder must exist; a later one that does not is skipped."""
+    if not (Path(dataset_dirs[0]) / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"no prepared dataset at '{dataset_dirs[0]}' (run the prepare stage first)")
     found: dict[str, EvalSet] = {}
     for folder in dataset_dirs:
         wanted = [n for n in names if n not in found]
         if wanted and (Path(folder) / "dataset_dict.json").is_file():
             found.update({s.name: s for s in load_prepared_sets(folder, wanted, max_clips)[0]})
-    if not (Path(dataset_dirs[0]) / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"no prepared dataset at '{dataset_dirs[0]}' (run the prepare stage first)")
     return [found[n] for n in names if n in found], [n for n in names if n not in found]
 
 
