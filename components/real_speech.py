@@ -103,16 +103,15 @@ def find_audio(audio_dir: Path, name: str, extensions: tuple[str, ...]) -> Path 
 
 
 def duration_summary(durations_s: list[float]) -> dict[str, Any]:
-    """Clip-length distribution: quantiles and the share longer than each window in :data:`LENGTH_MARKS_S`."""
-    if not durations_s:
-        return {"clips": 0}
-    d = np.asarray(durations_s)
-    return {
-        "clips": len(d), "hours": round(float(d.sum()) / 3600, 4), "mean_s": round(float(d.mean()), 2),
-        **{f"p{q}_s": round(float(np.percentile(d, q)), 2) for q in (10, 50, 90)},
-        "max_s": round(float(d.max()), 2),
-        "share_longer_than_s": {f"{m:g}": round(float((d > m).mean()), 4) for m in LENGTH_MARKS_S},
-    }
+    """Clip-length distribution (:func:`components.report.clip_lengths` at the windows in :data:`LENGTH_MARKS_S`)
+    plus the total hours and the 10th percentile."""
+    from components.report import clip_lengths
+
+    summary = clip_lengths(durations_s, list(LENGTH_MARKS_S))
+    if durations_s:
+        summary.update(hours=round(float(np.sum(durations_s)) / 3600, 4),
+                       p10_s=round(float(np.percentile(durations_s, 10)), 2))
+    return summary
 
 
 def _check_sources(cfg) -> None:

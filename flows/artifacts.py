@@ -40,7 +40,7 @@ def real_speech_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     rows += [{"figure": f"skipped: {r}", "value": n} for r, n in sorted((m.get("skipped_by_reason") or {}).items())]
     rows += [{"figure": k, "value": d.get(k)} for k in ("hours", "mean_s", "p50_s", "p90_s", "max_s")]
     rows += [{"figure": f"share longer than {w} s", "value": v}
-             for w, v in sorted((d.get("share_longer_than_s") or {}).items(), key=lambda kv: float(kv[0]))]
+             for w, v in sorted((d.get("share_longer_than_window") or {}).items(), key=lambda kv: float(kv[0]))]
     return rows
 
 

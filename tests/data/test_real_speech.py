@@ -89,7 +89,7 @@ def test_stage_keeps_speech_and_counts_every_skip(tmp_path, monkeypatch):
             "beep": "non_speech", "silence/1": "silent", "no-such-prompt": "no_audio"}
     durations = metrics["durations"]
     assert durations["clips"] == 3 and 0 < durations["p50_s"] <= durations["max_s"] < 6
-    assert set(durations["share_longer_than_s"]) == {"6", "10", "30"}
+    assert set(durations["share_longer_than_window"]) == {"6", "10", "30"}
 
     (real,), missing = load_test_sets([tmp_path / "real"], ["test_real", "test"])
     assert missing == ["test"] and real.name == "test_real"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import soundfile as sf
 
 from components.text import wer
 from components.tts import SAMPLE_RATE_HZ
+from tests.conftest import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:{port}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
